@@ -1,0 +1,162 @@
+"""Finding the database: explicit DSN, environment, the installer's settings file, or the embedded cluster.
+
+The first of these wins: the ``dsn`` argument; ``OME_SESSION_DSN``; the settings file the installer
+wrote (``OME_SESSION_CONFIG``, else the user config directory, else ``/etc/ome-session/``); the
+embedded cluster in the user's data directory if one was installed. The settings file may hold a
+password, so it must not be readable by others; no message ever prints a DSN's password.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from .errors import ConfigurationError
+
+SYSTEM_SETTINGS = Path("/etc/ome-session/settings.json")
+EMBEDDED_DBNAME = "ome_session"
+_NOT_FOUND = (
+    "no database configured: run `ome-session install` (it sets up a private PostgreSQL cluster, "
+    "or pass --dsn for an existing server), or set OME_SESSION_DSN"
+)
+
+
+@dataclass
+class Settings:
+    """Where the database is and how to talk to it."""
+
+    dsn: str
+    source: str
+    backend: str = "local"
+    embedded_datadir: str | None = None
+    connect_timeout: int = 10
+    # None switches off server-side prepared statements (pgbouncer in transaction mode).
+    prepare_threshold: int | None = 5
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def connection_options(self) -> dict[str, Any]:
+        return {"connect_timeout": self.connect_timeout, "prepare_threshold": self.prepare_threshold}
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"backend": self.backend, "connect_timeout": self.connect_timeout,
+                                "prepare_threshold": self.prepare_threshold, **self.extra}
+        if self.embedded_datadir:
+            data["embedded"] = {"datadir": self.embedded_datadir, "dbname": EMBEDDED_DBNAME}
+        else:
+            data["dsn"] = self.dsn
+        return data
+
+
+def settings_path() -> Path:
+    """Where the installer writes the settings file (and where it is read first)."""
+    configured = os.environ.get("OME_SESSION_CONFIG")
+    if configured:
+        return Path(configured)
+    return Path(platformdirs.user_config_dir("ome-session")) / "settings.json"
+
+
+def resolve_dsn(dsn: str | None = None) -> Settings:
+    """The database to use, by the rules in the module docstring; ConfigurationError if none."""
+    if dsn:
+        return Settings(dsn=dsn, source="argument")
+    env = os.environ.get("OME_SESSION_DSN")
+    if env:
+        return Settings(dsn=env, source="OME_SESSION_DSN")
+    for path in (settings_path(), SYSTEM_SETTINGS):
+        if path.exists():
+            return _from_file(path)
+    from . import _cluster  # noqa: PLC0415  (only needed for the embedded default)
+
+    datadir = _cluster.default_datadir()
+    if _cluster.Cluster(datadir).initialized():
+        return _embedded(str(datadir), "embedded cluster")
+    raise ConfigurationError(_NOT_FOUND)
+
+
+def _from_file(path: Path) -> Settings:
+    try:
+        info = path.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            raise ConfigurationError(f"settings file {path} is a symlink; replace it with a regular file")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"cannot read settings file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"settings file {path} is not a JSON object; re-run `ome-session install`")
+    source = f"settings file {path}"
+    timeout = _int_or(data.get("connect_timeout"), 10, path)
+    prepare = data.get("prepare_threshold", 5)
+    if prepare is not None and not isinstance(prepare, int):
+        raise ConfigurationError(f"{path}: prepare_threshold must be an integer or null")
+    extra = {k: v for k, v in data.items() if k not in ("dsn", "embedded", "connect_timeout", "prepare_threshold", "backend")}
+    embedded = data.get("embedded")
+    if isinstance(embedded, dict) and embedded.get("datadir"):
+        settings = _embedded(str(embedded["datadir"]), source)
+    elif isinstance(data.get("dsn"), str) and data["dsn"]:
+        dsn = data["dsn"]
+        if _has_password(dsn) and info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigurationError(
+                f"settings file {path} holds a password and is readable by others: chmod 600 {path}"
+            )
+        settings = Settings(dsn=dsn, source=source)
+    else:
+        raise ConfigurationError(f"settings file {path} names no database; re-run `ome-session install`")
+    settings.backend = str(data.get("backend", "local"))
+    settings.connect_timeout = timeout
+    settings.prepare_threshold = prepare
+    settings.extra = extra
+    return settings
+
+
+def _embedded(datadir: str, source: str) -> Settings:
+    """The embedded cluster, started on demand (it stops only when asked: `ome-session db stop`)."""
+    from . import _cluster  # noqa: PLC0415
+
+    cluster = _cluster.Cluster(Path(datadir))
+    if not cluster.initialized():
+        raise ConfigurationError(f"the embedded cluster in {datadir} is missing: run `ome-session install`")
+    if not cluster.status().running:
+        cluster.start()
+    return Settings(dsn=cluster.dsn(EMBEDDED_DBNAME), source=source, embedded_datadir=datadir)
+
+
+def write_settings(settings: Settings, path: Path | None = None) -> Path:
+    """Write the settings file atomically with mode 0600 (it may hold a password)."""
+    path = path or settings_path()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(settings.to_json(), handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _has_password(dsn: str) -> bool:
+    from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415
+
+    try:
+        return bool(conninfo_to_dict(dsn).get("password"))
+    except Exception:  # an unparsable DSN fails later, with a message naming it
+        return False
+
+
+def _int_or(value: Any, default: int, path: Path) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigurationError(f"{path}: connect_timeout must be a positive integer")
+    return value

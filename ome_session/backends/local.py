@@ -1,0 +1,229 @@
+"""The local backend: users, passwords and session keys in ome-session's own PostgreSQL database.
+
+Every statement here runs on the session's own connection in autocommit mode when no transaction
+is open, so a login or a resume commits by itself: resuming by key is one round trip, one
+statement that checks the key, touches it, and returns the user, the user state and the ACL.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .. import _keys, _passwords
+from .._connection import Connection
+from .._query import Acl
+from ..configuration import Configuration
+from ..errors import AuthenticationError, PermissionDenied, SessionKeyError
+from . import AuthBackend, Login
+
+log = logging.getLogger(__name__)
+
+_BAD_LOGIN = "login failed: unknown user or wrong password"
+_BAD_KEY = "session key not accepted: it is unknown, expired or revoked; log in again"
+_MAX_FIELD = 4096  # longer user names or passwords are refused before hashing or SQL
+
+# The columns a Login is built from, given a ``s`` row of ome_sessions and ``e`` of experimenters.
+# The ACL is computed here, with index lookups only: visible groups are the user's groups (map and
+# primary) and the groups he leads; visible users are himself and the members of groups he leads.
+_LOGIN_COLUMNS = """
+    s.id, e.id, e.ome_name, e.group_id, s.started, s.last_access, s.expires_at, s.host, s.sudo_by,
+    e.is_admin, e.is_guest, us.project_id, us.dataset_id,
+    ARRAY(SELECT m.group_id FROM experimenter_group_map m WHERE m.experimenter_id = e.id
+          UNION SELECT g.id FROM groups g WHERE g.leader_id = e.id
+          UNION SELECT e.group_id WHERE e.group_id IS NOT NULL) AS acl_groups,
+    ARRAY(SELECT e.id
+          UNION SELECT m.experimenter_id FROM groups g
+                JOIN experimenter_group_map m ON m.group_id = g.id WHERE g.leader_id = e.id
+          UNION SELECT x.id FROM groups g
+                JOIN experimenters x ON x.group_id = g.id WHERE g.leader_id = e.id) AS acl_users
+"""
+
+_FIND_USER = """
+SELECT id, password_hash, is_guest, active FROM experimenters WHERE ome_name = %s
+"""
+
+_REHASH = "UPDATE experimenters SET password_hash = %s WHERE id = %s"
+
+_OPEN = f"""
+WITH s AS (
+    INSERT INTO ome_sessions (key_digest, experimenter_id, host, agent, expires_at, sudo_by)
+    VALUES (%(digest)s, %(user_id)s, %(host)s, %(agent)s,
+            CASE WHEN %(lifetime)s > 0 THEN now() + %(lifetime)s * interval '1 second' END,
+            %(sudo_by)s)
+    RETURNING *
+), state AS (
+    INSERT INTO user_states (experimenter_id) VALUES (%(user_id)s) ON CONFLICT DO NOTHING
+)
+SELECT {_LOGIN_COLUMNS}
+FROM s JOIN experimenters e ON e.id = s.experimenter_id
+LEFT JOIN user_states us ON us.experimenter_id = e.id
+"""
+
+# Liveness of a session row, in one place: open, within its lifetime, used recently enough, and
+# its user still active and, for guests, guest access allowed.
+_LIVE = """
+    s.closed_at IS NULL
+    AND (s.expires_at IS NULL OR s.expires_at > now())
+    AND (%(idle)s = 0 OR s.last_access > now() - %(idle)s * interval '1 second')
+    AND e.active AND (NOT e.is_guest OR %(allow_guest)s)
+"""
+
+# A key found dead is closed for good (raising the timeout later never revives it); a live one
+# has its idle expiry slid forward. last_access never moves backwards under concurrent resumes.
+_RESUME = f"""
+WITH hit AS (
+    SELECT s.id, ({_LIVE}) AS live
+    FROM ome_sessions s JOIN experimenters e ON e.id = s.experimenter_id
+    WHERE s.key_digest = %(digest)s
+), dead AS (
+    UPDATE ome_sessions s SET closed_at = now()
+    FROM hit WHERE s.id = hit.id AND NOT hit.live AND s.closed_at IS NULL
+), s AS (
+    UPDATE ome_sessions s SET last_access = greatest(s.last_access, clock_timestamp())
+    FROM hit WHERE s.id = hit.id AND hit.live
+    RETURNING s.*
+)
+SELECT {_LOGIN_COLUMNS}
+FROM s JOIN experimenters e ON e.id = s.experimenter_id
+LEFT JOIN user_states us ON us.experimenter_id = e.id
+"""
+
+_TOUCH = f"""
+UPDATE ome_sessions s SET last_access = greatest(s.last_access, clock_timestamp())
+FROM experimenters e
+WHERE s.id = %(session_id)s AND e.id = s.experimenter_id AND {_LIVE}
+RETURNING s.last_access
+"""
+
+_CLOSE = "UPDATE ome_sessions SET closed_at = now() WHERE id = %s AND closed_at IS NULL"
+
+# Who may act as whom: the super user and admins as anyone; a group leader as the members of
+# the groups he leads (by membership or primary group).
+_SUDO_TARGET = """
+SELECT t.id FROM experimenters t
+WHERE t.ome_name = %(target)s AND t.active AND (
+    %(actor_is_super)s
+    OR EXISTS (SELECT 1 FROM experimenters a WHERE a.id = %(actor)s AND a.is_admin AND a.active)
+    OR EXISTS (SELECT 1 FROM groups g WHERE g.leader_id = %(actor)s AND (
+        g.id = t.group_id
+        OR EXISTS (SELECT 1 FROM experimenter_group_map m
+                   WHERE m.group_id = g.id AND m.experimenter_id = t.id))))
+"""
+
+
+class LocalBackend(AuthBackend):
+    """Logins against the ``experimenters`` and ``ome_sessions`` tables."""
+
+    name = "local"
+
+    def __init__(self, connection: Connection, configuration: Configuration) -> None:
+        self._db = connection
+        self._config = configuration
+
+    def validate_key(self, key: object) -> str:
+        return _keys.validate_key(key)
+
+    # -- verbs -----------------------------------------------------------------------------------
+
+    def login(self, username: str, password: str, *, host: str | None, agent: str | None) -> Login:
+        if not _plausible(username) or not _plausible(password):
+            _passwords.verify_password(None, "")  # same cost as a real miss
+            raise AuthenticationError(_BAD_LOGIN)
+        with self._db.errors(), self._db.autocommit() as conn:
+            row = conn.execute(_FIND_USER, (username,)).fetchone()
+        user_id, stored_hash, is_guest, active = row if row else (None, None, False, False)
+        ok, rehash = _passwords.verify_password(stored_hash, password)
+        if not ok or not active:
+            raise AuthenticationError(_BAD_LOGIN)
+        if is_guest and not self._config.allow_guest_access:
+            raise AuthenticationError(_BAD_LOGIN + " (guest access is disabled)")
+        if rehash:
+            with self._db.errors(), self._db.autocommit() as conn:
+                conn.execute(_REHASH, (_passwords.hash_password(password), user_id))
+            log.info("password of user id %s upgraded to argon2id", user_id)
+        return self._open(user_id, host=host, agent=agent, sudo_by=None)
+
+    def resume(self, key: str) -> Login:
+        key = self.validate_key(key)
+        params = {
+            "digest": _keys.digest(key),
+            "idle": self._config.session_idle_timeout,
+            "allow_guest": self._config.allow_guest_access,
+        }
+        with self._db.errors(), self._db.autocommit() as conn:
+            row = conn.execute(_RESUME, params).fetchone()
+        if row is None:
+            raise SessionKeyError(_BAD_KEY)
+        return self._login_from_row(key, row)
+
+    def touch(self, login: Login) -> Login:
+        params = {
+            "session_id": login.extra["session_id"],
+            "idle": self._config.session_idle_timeout,
+            "allow_guest": self._config.allow_guest_access,
+        }
+        with self._db.errors(), self._db.autocommit() as conn:
+            row = conn.execute(_TOUCH, params).fetchone()
+        if row is None:
+            raise SessionKeyError(_BAD_KEY)
+        login.last_access = row[0]
+        return login
+
+    def logout(self, login: Login) -> None:
+        with self._db.errors(), self._db.autocommit() as conn:
+            conn.execute(_CLOSE, (login.extra["session_id"],))
+
+    def sudo(self, actor: Login, username: str, *, host: str | None, agent: str | None) -> Login:
+        if not _plausible(username):
+            raise PermissionDenied(f"{actor.user_name} may not act as that user")
+        params = {"target": username, "actor": actor.experimenter_id, "actor_is_super": actor.is_super}
+        with self._db.errors(), self._db.autocommit() as conn:
+            row = conn.execute(_SUDO_TARGET, params).fetchone()
+        if row is None:
+            raise PermissionDenied(
+                f"{actor.user_name} may not act as {username!r}: only the super user, admins and "
+                f"leaders of one of that user's groups may (or there is no such active user)"
+            )
+        log.info("user %s (id %s) opened a session as %s", actor.user_name, actor.experimenter_id, username)
+        return self._open(row[0], host=host, agent=agent, sudo_by=actor.experimenter_id)
+
+    def su(self, *, host: str | None, agent: str | None) -> Login:
+        super_user = self._config.super_user_id
+        if super_user is None:
+            raise PermissionDenied("no super_user is configured: run `ome-session install` first")
+        return self._open(super_user, host=host, agent=agent, sudo_by=None)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _open(self, user_id: int, *, host: str | None, agent: str | None, sudo_by: int | None) -> Login:
+        key = _keys.new_key()
+        params = {
+            "digest": _keys.digest(key),
+            "user_id": user_id,
+            "host": host,
+            "agent": agent,
+            "lifetime": self._config.session_max_lifetime,
+            "sudo_by": sudo_by,
+        }
+        with self._db.errors(), self._db.autocommit() as conn:
+            row = conn.execute(_OPEN, params).fetchone()
+        assert row is not None
+        return self._login_from_row(key, row)
+
+    def _login_from_row(self, key: str, row: tuple[Any, ...]) -> Login:
+        (session_id, user_id, name, group_id, started, last_access, expires_at, host, sudo_by,
+         is_admin, is_guest, project_id, dataset_id, acl_groups, acl_users) = row
+        is_super = user_id == self._config.super_user_id
+        acl = None if is_super else Acl(users=frozenset(acl_users), groups=frozenset(acl_groups))
+        return Login(
+            key=key, experimenter_id=user_id, user_name=name, group_id=group_id, started=started,
+            last_access=last_access, expires_at=expires_at, host=host, sudo_by=sudo_by,
+            is_admin=is_admin, is_guest=is_guest, is_super=is_super, acl=acl,
+            project_id=project_id, dataset_id=dataset_id, extra={"session_id": session_id},
+        )
+
+
+def _plausible(value: object) -> bool:
+    """A user name or password that can be checked at all (PostgreSQL text cannot hold NUL)."""
+    return isinstance(value, str) and 0 < len(value) <= _MAX_FIELD and "\x00" not in value

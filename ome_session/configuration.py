@@ -1,0 +1,211 @@
+"""Configuration: typed, named values stored as jsonb in the ``configuration`` table.
+
+Values are data only: nothing read from the table is ever evaluated (the original read some back
+through Perl's ``Safe``). Every name is declared below with its type and default, so a typo is a
+``ConfigurationError`` instead of a silent ``None``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from psycopg.types.json import Jsonb
+
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .factory import Factory
+    from .model import Experimenter
+
+
+@dataclass(frozen=True)
+class _Variable:
+    kind: type | tuple[type, ...]
+    default: Callable[[], Any]
+    doc: str
+
+
+def _default_tmp_dir() -> str:
+    return str(Path(tempfile.gettempdir()) / f"ome-session-{os.getuid()}")
+
+
+VARIABLES: dict[str, _Variable] = {
+    "tmp_dir": _Variable(str, _default_tmp_dir, "root of the per-process temporary directories"),
+    "super_user": _Variable(int, lambda: None, "experimenter id of the super user (sees everything)"),
+    "allow_guest_access": _Variable(bool, lambda: False, "whether guest accounts may log in"),
+    "session_idle_timeout": _Variable(int, lambda: 1800, "seconds a session may go unused (0 = no limit)"),
+    "session_max_lifetime": _Variable(int, lambda: 86400, "seconds a session may live at most (0 = no limit)"),
+    "ldap": _Variable(dict, lambda: None, "LDAP bind settings (see the README); absent = local passwords"),
+    "db_instance": _Variable(str, lambda: None, "a name for this installation"),
+    "lsid_authority": _Variable(str, lambda: None, "the LSID authority of this installation"),
+    "installed_version": _Variable(str, lambda: None, "the ome-session version that installed the database"),
+}
+
+_SELECT_ALL = "SELECT name, value FROM configuration"
+_INSERT = "INSERT INTO configuration (name, value) VALUES (%s, %s)"
+_UPSERT = ("INSERT INTO configuration (name, value) VALUES (%s, %s) "
+           "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value")
+# Serialises concurrent installs: the first writes, the others see a non-empty table.
+_LOCK = "LOCK TABLE configuration IN SHARE ROW EXCLUSIVE MODE"
+
+
+def _check(name: str, value: Any) -> Any:
+    """The one place a configuration value is validated."""
+    variable = VARIABLES.get(name)
+    if variable is None:
+        raise ConfigurationError(f"unknown configuration variable {name!r}; known: {', '.join(sorted(VARIABLES))}")
+    if value is None:
+        return None
+    if isinstance(value, bool) and variable.kind is int:
+        raise ConfigurationError(f"configuration {name!r} takes an integer, not a boolean")
+    if not isinstance(value, variable.kind):
+        kind = variable.kind.__name__ if isinstance(variable.kind, type) else variable.kind
+        raise ConfigurationError(f"configuration {name!r} takes {kind}, not {type(value).__name__}")
+    if name in ("session_idle_timeout", "session_max_lifetime") and value < 0:
+        raise ConfigurationError(f"configuration {name!r} must be 0 (no limit) or a positive number of seconds")
+    return value
+
+
+class Configuration:
+    """The configuration as one Factory sees it, read once and cached."""
+
+    _preloaded: dict[str, Any] | None = None
+    _preload_lock = threading.Lock()
+
+    def __init__(self, factory: Factory) -> None:
+        self._factory = factory
+        self._values: dict[str, Any] | None = None
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _load(self) -> dict[str, Any]:
+        if self._values is None:
+            preloaded = Configuration._preloaded
+            self._values = dict(preloaded) if preloaded is not None else _read_all(self._factory)
+        return self._values
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The value of ``name``; its declared default (else ``default``) when it is not set."""
+        _check(name, None)
+        values = self._load()
+        if name in values:
+            return values[name]
+        declared = VARIABLES[name].default()
+        return declared if declared is not None else default
+
+    def is_set(self, name: str) -> bool:
+        _check(name, None)
+        return name in self._load()
+
+    @property
+    def tmp_dir(self) -> Path:
+        return Path(self.get("tmp_dir"))
+
+    @property
+    def super_user_id(self) -> int | None:
+        value = self.get("super_user")
+        return int(value) if value is not None else None
+
+    @property
+    def super_user(self) -> Experimenter | None:
+        user_id = self.super_user_id
+        if user_id is None:
+            return None
+        from .model import Experimenter  # noqa: PLC0415
+
+        return self._factory.load_object(Experimenter, user_id)  # type: ignore[return-value]
+
+    @property
+    def allow_guest_access(self) -> bool:
+        return bool(self.get("allow_guest_access"))
+
+    @property
+    def session_idle_timeout(self) -> int:
+        return int(self.get("session_idle_timeout"))
+
+    @property
+    def session_max_lifetime(self) -> int:
+        return int(self.get("session_max_lifetime"))
+
+    @property
+    def ldap(self) -> dict[str, Any] | None:
+        value = self.get("ldap")
+        return dict(value) if value else None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in VARIABLES:
+            return self.get(name)
+        raise ConfigurationError(f"unknown configuration variable {name!r}; known: {', '.join(sorted(VARIABLES))}")
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    @classmethod
+    def install(cls, factory: Factory, values: Mapping[str, Any]) -> bool:
+        """Write ``values`` if the configuration is empty; returns whether it wrote.
+
+        Write-once: a configuration that exists is never overwritten here (use ``update``). Runs in
+        the caller's transaction; commit it to keep the values.
+        """
+        checked = {name: _check(name, value) for name, value in values.items()}
+        conn = factory._connection
+        with conn.errors():
+            conn.raw.execute(_LOCK)
+            row = conn.raw.execute("SELECT count(*) FROM configuration").fetchone()
+            if row and row[0]:
+                return False
+            for name, value in checked.items():
+                if value is not None:
+                    conn.raw.execute(_INSERT, (name, Jsonb(value)))
+        cls._refresh(factory)
+        return True
+
+    @classmethod
+    def update(cls, factory: Factory, values: Mapping[str, Any]) -> None:
+        """Set (or, with None, remove) each value; runs in the caller's transaction."""
+        checked = {name: _check(name, value) for name, value in values.items()}
+        dbh = factory.obtain_dbh()
+        with factory._connection.errors():
+            for name, value in checked.items():
+                if value is None:
+                    dbh.execute("DELETE FROM configuration WHERE name = %s", (name,))
+                else:
+                    dbh.execute(_UPSERT, (name, Jsonb(value)))
+        cls._refresh(factory)
+
+    @classmethod
+    def _refresh(cls, factory: Factory) -> None:
+        if factory._configuration is not None:
+            factory._configuration._values = None
+        with cls._preload_lock:
+            if cls._preloaded is not None:
+                cls._preloaded = None
+
+    # -- process cache ---------------------------------------------------------------------------
+
+    @classmethod
+    def preload(cls, factory: Factory) -> None:
+        """Read the configuration once for the whole process (e.g. before a server forks)."""
+        values = _read_all(factory)
+        with cls._preload_lock:
+            cls._preloaded = values
+
+    @classmethod
+    def flush(cls) -> None:
+        """Forget the process cache; the next read goes to the database."""
+        with cls._preload_lock:
+            cls._preloaded = None
+
+
+def _read_all(factory: Factory) -> dict[str, Any]:
+    conn = factory._connection
+    with conn.errors(), conn.autocommit() as raw:
+        rows = raw.execute(_SELECT_ALL).fetchall()
+    return {name: value for name, value in rows if name in VARIABLES}

@@ -1,0 +1,277 @@
+"""The Factory: one database connection per session, and every read and write of DBObjects.
+
+Reads of owned classes go through the session's ACL; objects are kept in an identity cache (the
+same row loads as the same object) that is cleared on rollback and on idle, so no stale object
+outlives an aborted transaction or leaks to the next user of the process.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from psycopg import sql
+
+from . import _query
+from ._connection import DEFAULT_CONNECT_TIMEOUT, Connection
+from ._query import Acl
+from .dbobject import DBObject, resolve
+from .errors import SessionIdleError
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from .configuration import Configuration
+
+ClassRef = type[DBObject] | str
+
+# LOCK TABLE modes PostgreSQL knows; anything else never reaches SQL.
+_LOCK_MODES = frozenset({
+    "ACCESS SHARE", "ROW SHARE", "ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE",
+    "SHARE ROW EXCLUSIVE", "EXCLUSIVE", "ACCESS EXCLUSIVE",
+})
+
+_ITER_BATCH = 2000
+
+
+class Factory:
+    """Database access for one session. Create it through a ``SessionManager``, not directly."""
+
+    def __init__(self, dsn: str, *, connect_timeout: int = DEFAULT_CONNECT_TIMEOUT,
+                 prepare_threshold: int | None = 5) -> None:
+        self._db = Connection(dsn, connect_timeout=connect_timeout, prepare_threshold=prepare_threshold)
+        self._idle = False
+        self._cache: weakref.WeakValueDictionary[tuple[Any, ...], DBObject] = weakref.WeakValueDictionary()
+        self._configuration: Configuration | None = None
+        self.acl: Acl | None = None
+        # Defaults for the owner and group of new objects of owned classes (the session's user).
+        self.owner_id: int | None = None
+        self.group_id: int | None = None
+        self._cursor_seq = 0
+
+    # -- connection and transaction ------------------------------------------------------------
+
+    def obtain_dbh(self) -> psycopg.Connection[Any]:
+        """The psycopg connection (autocommit off). Do not close it: the session owns it."""
+        self._check_active()
+        return self._db.raw
+
+    def commit_transaction(self) -> None:
+        self._check_active()
+        self._db.commit()
+
+    def rollback_transaction(self) -> None:
+        """Roll back; objects loaded in the transaction are dropped from the identity cache."""
+        self._check_active()
+        self._cache.clear()
+        self._db.rollback()
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._db.in_transaction
+
+    @property
+    def is_idle(self) -> bool:
+        return self._idle
+
+    def _check_active(self) -> None:
+        """The one place the Factory's state is checked before use."""
+        if self._idle:
+            raise SessionIdleError(
+                "the session is idle: call SessionManager().create_session(...) before using the Factory"
+            )
+
+    def _idle_now(self) -> None:
+        """Between requests: roll back (no round trip when nothing is open), drop the caches."""
+        self._cache.clear()
+        self._db.rollback()
+        self._idle = True
+
+    def _revive(self) -> None:
+        """Leave idle; a connection broken while idle (server restart) is replaced."""
+        if not self._db.usable:
+            self._db.close()
+            self._db.open()
+        self._idle = False
+
+    def _reset_for_user(self, acl: Acl | None, owner_id: int | None, group_id: int | None) -> None:
+        self._cache.clear()
+        self.acl, self.owner_id, self.group_id = acl, owner_id, group_id
+
+    @property
+    def _connection(self) -> Connection:
+        return self._db
+
+    def close(self) -> None:
+        """Roll back and close (in a forked child: discard without touching the parent's backend)."""
+        self._cache.clear()
+        self._db.close()
+        self._idle = True
+
+    def forget(self) -> None:
+        """Drop the connection without closing it (the parent process owns it)."""
+        self._cache.clear()
+        self._db.discard()
+        self._idle = True
+
+    @property
+    def configuration(self) -> Configuration:
+        from .configuration import Configuration  # noqa: PLC0415  (configuration imports factory)
+
+        if self._configuration is None:
+            self._configuration = Configuration(self)
+        return self._configuration
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def load_object(self, cls: ClassRef, id: Any) -> DBObject | None:
+        """The object with primary key ``id`` (a tuple for composite keys), or None."""
+        klass = resolve(cls)
+        key = id if isinstance(id, tuple) else (id,)
+        if len(key) != len(klass.__primary_key__):
+            raise ValueError(f"{klass.__name__} has primary key {klass.__primary_key__}, got {id!r}")
+        cached = self._cache.get((klass, *key))
+        if cached is not None:
+            return cached
+        return self.find_object(klass, **dict(zip(klass.__primary_key__, key)))
+
+    def find_objects(self, cls: ClassRef, **criteria: Any) -> list[DBObject]:
+        """Every object matching ``criteria`` (see the criteria language in the README)."""
+        klass = resolve(cls)
+        query, params = _query.compile_select(klass, criteria, self.acl)
+        rows = self._execute(query, params).fetchall()
+        return [self._materialise(klass, row) for row in rows]
+
+    def find_object(self, cls: ClassRef, **criteria: Any) -> DBObject | None:
+        """The first match in a deterministic order (``__order``, then the primary key), or None."""
+        criteria["__limit"] = 1
+        found = self.find_objects(cls, **criteria)
+        return found[0] if found else None
+
+    def iter_objects(self, cls: ClassRef, **criteria: Any) -> Iterator[DBObject]:
+        """Stream matches through a server-side cursor: constant memory however many rows match.
+
+        Objects streamed this way are not kept in the identity cache. Consume the iterator inside
+        the transaction that started it.
+        """
+        klass = resolve(cls)
+        query, params = _query.compile_select(klass, criteria, self.acl)
+        conn = self.obtain_dbh()
+        self._cursor_seq += 1
+        with self._db.errors(), conn.cursor(name=f"ome_iter_{self._cursor_seq}") as cur:
+            cur.itersize = _ITER_BATCH
+            cur.execute(query, params)
+            names = list(klass.__columns__)
+            for row in cur:
+                yield klass._from_row(self, dict(zip(names, row)))
+
+    def count_objects(self, cls: ClassRef, **criteria: Any) -> int:
+        query, params = _query.compile_count(resolve(cls), criteria, self.acl)
+        row = self._execute(query, params).fetchone()
+        return int(row[0]) if row else 0
+
+    def object_exists(self, cls: ClassRef, **criteria: Any) -> bool:
+        return self.find_object(cls, **criteria) is not None
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def new_object(self, cls: ClassRef, **values: Any) -> DBObject:
+        """INSERT a row now (in the current transaction) and return its object.
+
+        Owned classes get the session's user and group unless given. Values may be objects for
+        references, by reference name (``owner=user``) or column name (``owner_id=3``).
+        """
+        klass = resolve(cls)
+        row = self._checked_values(klass, values)
+        if klass.__owned__:
+            row.setdefault("owner_id", self.owner_id)
+            row.setdefault("group_id", self.group_id)
+        columns = list(klass.__columns__)
+        if row:
+            query = sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING {}").format(
+                sql.Identifier(klass.__table__),
+                sql.SQL(", ").join(map(sql.Identifier, row)),
+                sql.SQL(", ").join(sql.Placeholder() * len(row)),
+                sql.SQL(", ").join(map(sql.Identifier, columns)),
+            )
+        else:
+            query = sql.SQL("INSERT INTO {} DEFAULT VALUES RETURNING {}").format(
+                sql.Identifier(klass.__table__), sql.SQL(", ").join(map(sql.Identifier, columns)))
+        result = self._execute(query, list(row.values())).fetchone()
+        assert result is not None
+        return self._materialise(klass, result)
+
+    def maybe_new_object(self, cls: ClassRef, **values: Any) -> DBObject:
+        """The first object with exactly these values, or a new one with them."""
+        found = self.find_object(cls, **values)
+        return found if found is not None else self.new_object(cls, **values)
+
+    def lock_table(self, cls: ClassRef, mode: str = "EXCLUSIVE") -> None:
+        """LOCK TABLE until the transaction ends; ``mode`` is one of PostgreSQL's lock modes."""
+        normal = " ".join(str(mode).upper().split())
+        if normal not in _LOCK_MODES:
+            raise ValueError(f"unknown lock mode {mode!r}; use one of {sorted(_LOCK_MODES)}")
+        klass = resolve(cls)
+        self._execute(sql.SQL("LOCK TABLE {} IN " + normal + " MODE").format(sql.Identifier(klass.__table__)), [])
+
+    def _store(self, obj: DBObject) -> None:
+        changed = {c: obj._values[c] for c in obj._dirty if c not in type(obj).__primary_key__}
+        if not changed:
+            return
+        klass = type(obj)
+        query = sql.SQL("UPDATE {} SET {} WHERE {}").format(
+            sql.Identifier(klass.__table__),
+            sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in changed),
+            _pk_clause(klass),
+        )
+        self._execute(query, [*changed.values(), *obj.primary_key()])
+        obj._dirty.clear()
+
+    def _delete(self, obj: DBObject) -> None:
+        klass = type(obj)
+        query = sql.SQL("DELETE FROM {} WHERE {}").format(sql.Identifier(klass.__table__), _pk_clause(klass))
+        self._execute(query, list(obj.primary_key()))
+        self._cache.pop((klass, *obj.primary_key()), None)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _execute(self, query: sql.Composable, params: list[Any]) -> psycopg.Cursor[Any]:
+        conn = self.obtain_dbh()
+        with self._db.errors():
+            return conn.execute(query, params)
+
+    def _materialise(self, klass: type[DBObject], row: tuple[Any, ...]) -> DBObject:
+        """One object per row identity: a cached object is refreshed from the row, not replaced."""
+        values = dict(zip(klass.__columns__, row))
+        key = (klass, *(values.get(c) for c in klass.__primary_key__))
+        obj = self._cache.get(key)
+        if obj is None:
+            obj = klass._from_row(self, values)
+            self._cache[key] = obj
+        else:
+            pending = {c: obj._values[c] for c in obj._dirty}
+            obj._values.update(values)
+            obj._values.update(pending)  # unsaved changes win over what the database holds
+        return obj
+
+    @staticmethod
+    def _checked_values(klass: type[DBObject], values: Mapping[str, Any]) -> dict[str, Any]:
+        row: dict[str, Any] = {}
+        for name, value in values.items():
+            ref = klass.__references__.get(name)
+            column = klass.__columns__.get(ref.column if ref else name)  # type: ignore[arg-type]
+            if column is None:
+                raise ValueError(
+                    f"{klass.__name__} has no column {name!r}; columns: {', '.join(klass.__columns__)}"
+                )
+            if isinstance(value, DBObject):
+                if ref is None or not isinstance(value, ref.target_class()):
+                    raise TypeError(f"{klass.__name__}.{name} cannot take a {type(value).__name__}")
+                value = value.id
+            row[column.column or name] = column.check(klass.__name__, value)
+        return row
+
+
+def _pk_clause(klass: type[DBObject]) -> sql.Composable:
+    return sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in klass.__primary_key__)

@@ -1,0 +1,144 @@
+"""The installer: schema, configuration, first admin and settings file, idempotently.
+
+Running it again upgrades only what is behind, duplicates nothing and keeps every row: the
+configuration is write-once, an existing admin keeps their password, and a database with a newer
+schema than this package is refused before anything changes.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__, _migrations, _passwords
+from ._settings import EMBEDDED_DBNAME, Settings, resolve_dsn, settings_path, write_settings
+from .configuration import Configuration
+from .errors import ConfigurationError, SessionError
+from .model import Experimenter, ExperimenterGroupMap, Group, UserState
+from .session import Session
+
+Report = Callable[[str], None]
+ADMIN_GROUP = "system"
+
+
+@dataclass
+class InstallResult:
+    settings: Settings
+    settings_file: Path
+    migrations_applied: list[int]
+    configuration_written: bool
+    admin_created: bool
+    admin_id: int
+
+
+def install(dsn: str | None = None, *, admin: str = "admin", admin_password: str | None = None,
+            tmp_dir: str | None = None, allow_guest: bool = False,
+            report: Report = print) -> InstallResult:
+    """Install or upgrade ome-session's database; prints each step through ``report``."""
+    settings = _database(dsn, report)
+    report(f"database: {settings.source}")
+    session = Session.bootstrap_instance(settings.dsn)
+    try:
+        factory = session.factory
+        applied = _migrations.migrate(factory._connection.raw, report)
+        if not applied:
+            report(f"schema: up to date (version {_migrations.latest_version()})")
+        values: dict[str, object] = {
+            "allow_guest_access": allow_guest,
+            "session_idle_timeout": 1800,
+            "session_max_lifetime": 86400,
+            "installed_version": __version__,
+        }
+        if tmp_dir:
+            values["tmp_dir"] = tmp_dir
+        wrote = Configuration.install(factory, values)
+        report("configuration: written" if wrote else "configuration: exists, kept as it is")
+        admin_id, created = _first_admin(session, admin, admin_password, report)
+        if factory.configuration.super_user_id is None:
+            Configuration.update(factory, {"super_user": admin_id})
+            report(f"super user: {admin} (id {admin_id})")
+        else:
+            report(f"super user: kept (id {factory.configuration.super_user_id})")
+        session.commit_transaction()
+        session.finish_bootstrap()
+    except BaseException:
+        Session.delete_instance(force=True)
+        raise
+    path = _write_settings(settings, dsn, report)
+    report("done")
+    return InstallResult(settings, path, applied, wrote, created, admin_id)
+
+
+def _database(dsn: str | None, report: Report) -> Settings:
+    """The database to install into: the one configured, else a new embedded cluster."""
+    try:
+        return resolve_dsn(dsn)
+    except ConfigurationError:
+        pass
+    from . import _cluster  # noqa: PLC0415
+
+    cluster = _cluster.Cluster(_cluster.default_datadir())
+    if not cluster.initialized():
+        report(f"embedded cluster: creating {cluster.datadir}")
+        cluster.init()
+    if not cluster.status().running:
+        report("embedded cluster: starting (unix socket only)")
+        cluster.start()
+    cluster.ensure_database(EMBEDDED_DBNAME)
+    return Settings(dsn=cluster.dsn(EMBEDDED_DBNAME), source=f"embedded cluster in {cluster.datadir}",
+                    embedded_datadir=str(cluster.datadir))
+
+
+def _first_admin(session: Session, name: str, password: str | None, report: Report) -> tuple[int, bool]:
+    factory = session.factory
+    existing = factory.find_object(Experimenter, ome_name=name)
+    if existing is not None:
+        if not existing.is_admin:  # type: ignore[attr-defined]
+            raise ConfigurationError(f"user {name!r} exists but is not an admin; choose another --admin name")
+        report(f"admin: {name} exists, password kept")
+        return int(existing.id), False
+    password = password or _admin_password(name)
+    group = factory.maybe_new_object(Group, name=ADMIN_GROUP)
+    user = factory.new_object(Experimenter, ome_name=name, first_name="OME", last_name="Administrator",
+                              password_hash=_passwords.hash_password(password), group=group, is_admin=True)
+    factory.new_object(ExperimenterGroupMap, experimenter=user, group=group)
+    factory.maybe_new_object(UserState, experimenter=user)
+    if group.leader_id is None:  # type: ignore[attr-defined]
+        group.leader = user  # type: ignore[attr-defined]
+        group.store()
+    report(f"admin: created {name} (id {user.id}) in group {ADMIN_GROUP}")
+    return int(user.id), True
+
+
+def _admin_password(name: str) -> str:
+    password = os.environ.get("OME_SESSION_ADMIN_PASSWORD")
+    if password:
+        return password
+    if not sys.stdin.isatty():
+        raise ConfigurationError(
+            f"a password is needed for the new admin {name!r}: set OME_SESSION_ADMIN_PASSWORD "
+            "or run the installer in a terminal"
+        )
+    for _ in range(3):
+        first = getpass.getpass(f"Password for the new admin {name}: ")
+        if len(first) < 8:
+            print("the password needs at least 8 characters", file=sys.stderr)
+            continue
+        if getpass.getpass("Again: ") == first:
+            return first
+        print("the two passwords differ", file=sys.stderr)
+    raise SessionError("no admin password given")
+
+
+def _write_settings(settings: Settings, dsn: str | None, report: Report) -> Path:
+    path = settings_path()
+    if settings.source.startswith("settings file"):
+        report(f"settings: {path} kept")
+        return path
+    write_settings(settings, path)
+    report(f"settings: wrote {path} (mode 0600)")
+    return path

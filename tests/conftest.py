@@ -1,0 +1,117 @@
+"""Shared fixtures: one real PostgreSQL server per test run, a fresh database per test.
+
+The server is started by the tests themselves (see ``_pgserver``) and removed afterwards. Each
+test gets its own database cloned from a migrated template, its own temporary directory root,
+settings file and key store, and leaves no session behind.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from ome_session import Configuration, Session, _migrations, _passwords
+from ome_session._cluster import Cluster
+from tests._pgserver import throwaway_cluster
+
+TEMPLATE = "ome_template"
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    with throwaway_cluster() as cluster:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
+        with psycopg.connect(cluster.dsn(TEMPLATE)) as conn:
+            _migrations.migrate(conn)
+        yield cluster
+
+
+@pytest.fixture
+def db_dsn(pg_cluster: Cluster) -> Iterator[str]:
+    """A fresh database with the current schema and nothing else."""
+    name = f"t{os.getpid()}_{next(_counter)}"
+    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(TEMPLATE)))
+    yield pg_cluster.dsn(name)
+    Session.delete_instance(force=True)
+    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Nothing of the developer's own setup leaks in, and no session leaks out."""
+    for name in ("OME_SESSION_DSN", "OME_SESSION_PASSWORD", "OME_SESSION_ADMIN_PASSWORD", "OMERO_SESSIONDIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OME_SESSION_CONFIG", str(tmp_path / "config" / "settings.json"))
+    monkeypatch.setenv("OME_SESSIONDIR", str(tmp_path / "sessions"))
+    monkeypatch.setenv("OME_SESSION_DATA_DIR", str(tmp_path / "data"))
+    yield
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Session.delete_instance(force=True)
+    Session._inherited_key = None
+    Configuration.flush()
+
+
+@dataclass
+class People:
+    """Users of a small lab, for login tests. Every password is ``<name>-password``."""
+
+    dsn: str
+    ids: dict[str, int]
+    groups: dict[str, int]
+
+    @staticmethod
+    def password(name: str) -> str:
+        return f"{name}-password"
+
+
+_HASHES: dict[str, str] = {}
+
+
+def _hash(name: str) -> str:
+    if name not in _HASHES:
+        _HASHES[name] = _passwords.hash_password(People.password(name))
+    return _HASHES[name]
+
+
+@pytest.fixture
+def people(db_dsn: str, tmp_path: Path) -> People:
+    """root (super user, admin), alice and bob (lab_a, led by lena), carol (lab_b), a guest."""
+    users = {
+        "root": dict(is_admin=True, group="system"),
+        "lena": dict(group="lab_a"),
+        "alice": dict(group="lab_a"),
+        "bob": dict(group="lab_a"),
+        "carol": dict(group="lab_b"),
+        "guest": dict(group="guests", is_guest=True),
+    }
+    ids: dict[str, int] = {}
+    groups: dict[str, int] = {}
+    with psycopg.connect(db_dsn) as conn:
+        for group in ("system", "lab_a", "lab_b", "guests"):
+            groups[group] = conn.execute("INSERT INTO groups (name) VALUES (%s) RETURNING id", (group,)).fetchone()[0]
+        for name, props in users.items():
+            ids[name] = conn.execute(
+                "INSERT INTO experimenters (ome_name, first_name, last_name, password_hash, group_id,"
+                " is_admin, is_guest) VALUES (%s, %s, 'Tester', %s, %s, %s, %s) RETURNING id",
+                (name, name.title(), _hash(name), groups[str(props["group"])],
+                 bool(props.get("is_admin")), bool(props.get("is_guest"))),
+            ).fetchone()[0]
+            conn.execute("INSERT INTO experimenter_group_map VALUES (%s, %s)", (ids[name], groups[str(props["group"])]))
+        conn.execute("UPDATE groups SET leader_id = %s WHERE name = 'lab_a'", (ids["lena"],))
+        conn.execute("UPDATE groups SET leader_id = %s WHERE name = 'system'", (ids["root"],))
+        for name, value in (("super_user", ids["root"]), ("tmp_dir", str(tmp_path / "tmp"))):
+            conn.execute("INSERT INTO configuration VALUES (%s, %s)", (name, psycopg.types.json.Jsonb(value)))
+    return People(db_dsn, ids, groups)
