@@ -112,9 +112,9 @@ class Connection:
             log.debug("closing the database connection failed: %s", exc)
 
     def discard(self) -> None:
-        """Drop the connection without a word to the server (fork children)."""
+        """Drop the connection without closing it; in a forked child, without a word to the server."""
         conn, self._conn = self._conn, None
-        if conn is not None and not conn.closed:
+        if conn is not None and not conn.closed and self._pid != os.getpid():
             _discard(conn)
 
     # -- statements ------------------------------------------------------------------------------

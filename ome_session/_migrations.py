@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import psycopg
 
@@ -52,7 +53,7 @@ def latest_version() -> int:
     return available()[-1].version
 
 
-def current_version(conn: psycopg.Connection[object]) -> int:
+def current_version(conn: psycopg.Connection[Any]) -> int:
     """The schema version of the database (0 when nothing is installed)."""
     row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
     if not row or not row[0]:
@@ -62,7 +63,7 @@ def current_version(conn: psycopg.Connection[object]) -> int:
 
 
 def migrate(
-    conn: psycopg.Connection[object], report: Callable[[str], None] = lambda _msg: None
+    conn: psycopg.Connection[Any], report: Callable[[str], None] = lambda _msg: None
 ) -> list[int]:
     """Bring the schema up to date; returns the versions applied (empty when already current).
 

@@ -52,10 +52,10 @@ def _crypt_function() -> Any:
     try:
         with warnings.catch_warnings():  # deprecated in 3.11, removed in 3.13
             warnings.simplefilter("ignore", DeprecationWarning)
-            import crypt as module  # noqa: PLC0415
+            import crypt as module
     except ImportError:
         try:
-            import crypt_r as module  # type: ignore[no-redef]  # noqa: PLC0415
+            import crypt_r as module  # type: ignore[no-redef]
         except ImportError:
             return None
     return module.crypt

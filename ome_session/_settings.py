@@ -71,7 +71,7 @@ def resolve_dsn(dsn: str | None = None) -> Settings:
     for path in (settings_path(), SYSTEM_SETTINGS):
         if path.exists():
             return _from_file(path)
-    from . import _cluster  # noqa: PLC0415  (only needed for the embedded default)
+    from . import _cluster
 
     datadir = _cluster.default_datadir()
     if _cluster.Cluster(datadir).initialized():
@@ -94,7 +94,8 @@ def _from_file(path: Path) -> Settings:
     prepare = data.get("prepare_threshold", 5)
     if prepare is not None and not isinstance(prepare, int):
         raise ConfigurationError(f"{path}: prepare_threshold must be an integer or null")
-    extra = {k: v for k, v in data.items() if k not in ("dsn", "embedded", "connect_timeout", "prepare_threshold", "backend")}
+    known = ("dsn", "embedded", "connect_timeout", "prepare_threshold", "backend")
+    extra = {k: v for k, v in data.items() if k not in known}
     embedded = data.get("embedded")
     if isinstance(embedded, dict) and embedded.get("datadir"):
         settings = _embedded(str(embedded["datadir"]), source)
@@ -116,7 +117,7 @@ def _from_file(path: Path) -> Settings:
 
 def _embedded(datadir: str, source: str) -> Settings:
     """The embedded cluster, started on demand (it stops only when asked: `ome-session db stop`)."""
-    from . import _cluster  # noqa: PLC0415
+    from . import _cluster
 
     cluster = _cluster.Cluster(Path(datadir))
     if not cluster.initialized():
@@ -146,7 +147,7 @@ def write_settings(settings: Settings, path: Path | None = None) -> Path:
 
 
 def _has_password(dsn: str) -> bool:
-    from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415
+    from psycopg.conninfo import conninfo_to_dict
 
     try:
         return bool(conninfo_to_dict(dsn).get("password"))

@@ -67,7 +67,7 @@ def _check(name: str, value: Any) -> Any:
     if not isinstance(value, variable.kind):
         kind = variable.kind.__name__ if isinstance(variable.kind, type) else variable.kind
         raise ConfigurationError(f"configuration {name!r} takes {kind}, not {type(value).__name__}")
-    if name in ("session_idle_timeout", "session_max_lifetime") and value < 0:
+    if isinstance(value, int) and value < 0 and name in ("session_idle_timeout", "session_max_lifetime"):
         raise ConfigurationError(f"configuration {name!r} must be 0 (no limit) or a positive number of seconds")
     return value
 
@@ -117,7 +117,7 @@ class Configuration:
         user_id = self.super_user_id
         if user_id is None:
             return None
-        from .model import Experimenter  # noqa: PLC0415
+        from .model import Experimenter
 
         return self._factory.load_object(Experimenter, user_id)  # type: ignore[return-value]
 

@@ -69,7 +69,7 @@ class Column:
             raise TypeError(
                 f"{cls_name}.{self.name} takes {self.type.__name__}, not {type(value).__name__} ({value!r:.40})"
             )
-        if self.type is str and "\x00" in value:
+        if isinstance(value, str) and "\x00" in value:
             raise ValueError(f"{cls_name}.{self.name}: text cannot contain NUL characters")
         return value
 
@@ -190,6 +190,12 @@ class DBObject:
     _values: dict[str, Any]
     _dirty: set[str]
     _factory: Factory | None
+
+    def __getattr__(self, name: str) -> Any:
+        """Reference columns read by column name too: ``project.owner_id`` as well as ``project.owner``."""
+        if not name.startswith("_") and name in type(self).__columns__:
+            return self._values.get(name)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     def _set(self, column: str, value: Any) -> None:
         if column == "id" and self._values.get("id") is not None:

@@ -67,16 +67,16 @@ class TransactionLost(DatabaseUnavailable):
 
 
 __all__ = [
-    "SessionError",
-    "NoSessionError",
     "AuthenticationError",
-    "SessionKeyError",
-    "PermissionDenied",
     "BootstrapError",
-    "SessionIdleError",
-    "DatabaseUnavailable",
     "ConfigurationError",
     "DatabaseError",
+    "DatabaseUnavailable",
     "IntegrityError",
+    "NoSessionError",
+    "PermissionDenied",
+    "SessionError",
+    "SessionIdleError",
+    "SessionKeyError",
     "TransactionLost",
 ]

@@ -117,7 +117,7 @@ class Factory:
 
     @property
     def configuration(self) -> Configuration:
-        from .configuration import Configuration  # noqa: PLC0415  (configuration imports factory)
+        from .configuration import Configuration
 
         if self._configuration is None:
             self._configuration = Configuration(self)
@@ -134,7 +134,7 @@ class Factory:
         cached = self._cache.get((klass, *key))
         if cached is not None:
             return cached
-        return self.find_object(klass, **dict(zip(klass.__primary_key__, key)))
+        return self.find_object(klass, **dict(zip(klass.__primary_key__, key, strict=True)))
 
     def find_objects(self, cls: ClassRef, **criteria: Any) -> list[DBObject]:
         """Every object matching ``criteria`` (see the criteria language in the README)."""
@@ -164,7 +164,7 @@ class Factory:
             cur.execute(query, params)
             names = list(klass.__columns__)
             for row in cur:
-                yield klass._from_row(self, dict(zip(names, row)))
+                yield klass._from_row(self, dict(zip(names, row, strict=True)))
 
     def count_objects(self, cls: ClassRef, **criteria: Any) -> int:
         query, params = _query.compile_count(resolve(cls), criteria, self.acl)
@@ -236,14 +236,15 @@ class Factory:
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _execute(self, query: sql.Composable, params: list[Any]) -> psycopg.Cursor[Any]:
+    def _execute(self, query: sql.Composed, params: list[Any]) -> psycopg.Cursor[Any]:
         conn = self.obtain_dbh()
         with self._db.errors():
-            return conn.execute(query, params)
+            cursor: psycopg.Cursor[Any] = conn.execute(query, params)
+        return cursor
 
     def _materialise(self, klass: type[DBObject], row: tuple[Any, ...]) -> DBObject:
         """One object per row identity: a cached object is refreshed from the row, not replaced."""
-        values = dict(zip(klass.__columns__, row))
+        values = dict(zip(klass.__columns__, row, strict=True))
         key = (klass, *(values.get(c) for c in klass.__primary_key__))
         obj = self._cache.get(key)
         if obj is None:
@@ -258,7 +259,8 @@ class Factory:
     @staticmethod
     def _checked_values(klass: type[DBObject], values: Mapping[str, Any]) -> dict[str, Any]:
         row: dict[str, Any] = {}
-        for name, value in values.items():
+        for name, given in values.items():
+            value = given
             ref = klass.__references__.get(name)
             column = klass.__columns__.get(ref.column if ref else name)  # type: ignore[arg-type]
             if column is None:

@@ -79,7 +79,7 @@ def _database(dsn: str | None, report: Report) -> Settings:
         return resolve_dsn(dsn)
     except ConfigurationError:
         pass
-    from . import _cluster  # noqa: PLC0415
+    from . import _cluster
 
     cluster = _cluster.Cluster(_cluster.default_datadir())
     if not cluster.initialized():

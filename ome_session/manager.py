@@ -19,6 +19,7 @@ from .factory import Factory
 from .session import Session
 
 log = logging.getLogger(__name__)
+_NO_KEY: Any = object()  # create_session(key=None) is a malformed key, not "no key given"
 
 
 class SessionManager:
@@ -60,21 +61,21 @@ class SessionManager:
         name = self._backend_name or "local"
         if name != "local":
             raise ConfigurationError(f"unknown session backend {name!r}; use 'local' or 'omero'")
-        from .backends.local import LocalBackend  # noqa: PLC0415
+        from .backends.local import LocalBackend
 
         return LocalBackend(factory._connection, factory.configuration)
 
     # -- logins ----------------------------------------------------------------------------------
 
     def create_session(self, username: str | None = None, password: str | None = None, *,
-                       key: str | None = None, host: str | None = None) -> Session:
+                       key: Any = _NO_KEY, host: str | None = None) -> Session:
         """Log in with a user name and password, or resume with ``key=``; returns the Session.
 
         Failures raise AuthenticationError or SessionKeyError and change nothing in the process.
         A session already in the process is re-used (its connection) and its user replaced; its
         unit of work ends first (deferred tasks run, an open transaction is rolled back).
         """
-        if key is not None:
+        if key is not _NO_KEY:
             if username is not None or password is not None:
                 raise TypeError("create_session() takes either username and password, or key=, not both")
             return self._bind(lambda backend: backend.resume(backend.validate_key(key)))

@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from . import _tempfiles
 from ._query import Acl
+from ._tempfiles import TempFiles
+from ._tempfiles import reap as _reap_temp
 from .errors import BootstrapError, NoSessionError, SessionError, SessionIdleError
 
 if TYPE_CHECKING:
@@ -46,6 +47,16 @@ class Session:
     _inherited_key: ClassVar[str | None] = None  # the parent's key, for reattach() in a child
     _reaped_roots: ClassVar[set[Path]] = set()
 
+    _factory: Factory | None
+    _backend: AuthBackend | None
+    _login: Login | None
+    _bootstrap: bool
+    _pid: int
+    _tempfiles: TempFiles | None
+    _deferred: list[Callable[[], object]]
+    _tx_depth: int
+    _idle: bool
+
     def __new__(cls, *args: Any, **kwargs: Any) -> Session:
         raise SessionError(_NOT_PUBLIC)
 
@@ -58,8 +69,8 @@ class Session:
         self._login = login
         self._bootstrap = bootstrap
         self._pid = os.getpid()
-        self._tempfiles: _tempfiles.TempFiles | None = None
-        self._deferred: list[Callable[[], object]] = []
+        self._tempfiles = None
+        self._deferred = []
         self._tx_depth = 0
         self._idle = False
         return self
@@ -85,8 +96,8 @@ class Session:
     @classmethod
     def bootstrap_instance(cls, dsn: str | None = None) -> Session:
         """A session with a Factory and no user, for installers; fails if a session exists."""
-        from ._settings import resolve_dsn  # noqa: PLC0415
-        from .factory import Factory  # noqa: PLC0415
+        from ._settings import resolve_dsn
+        from .factory import Factory
 
         with cls._lock:
             if cls._instance is not None:
@@ -356,13 +367,13 @@ class Session:
 
     # -- temporary files -------------------------------------------------------------------------
 
-    def _temp(self) -> _tempfiles.TempFiles:
+    def _temp(self) -> TempFiles:
         if self._tempfiles is None:
             root = None
             if self._factory is not None:
                 configured = self._factory.configuration.get("tmp_dir")
                 root = Path(configured) if configured else None
-            self._tempfiles = _tempfiles.TempFiles(root)
+            self._tempfiles = TempFiles(root)
         return self._tempfiles
 
     def _reap_once(self) -> None:
@@ -372,7 +383,7 @@ class Session:
             return
         Session._reaped_roots.add(root)
         try:
-            removed = _tempfiles.reap(root)
+            removed = _reap_temp(root)
         except (OSError, SessionError) as exc:
             log.warning("could not reap temporary directories under %s: %s", root, exc)
             return

@@ -70,11 +70,11 @@ class AuthBackend(ABC):
     def su(self, *, host: str | None, agent: str | None) -> Login:
         """A session as the configured super user (trusted local processes only)."""
 
-    def idle(self) -> None:
+    def idle(self) -> None:  # noqa: B027  (optional hook)
         """Between units of work: release what is per-request (nothing, for most backends)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional hook)
         """The owning process is done with the backend."""
 
-    def forget(self) -> None:
+    def forget(self) -> None:  # noqa: B027  (optional hook)
         """In a forked child: drop what belongs to the parent without touching it."""

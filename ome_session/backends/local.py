@@ -134,7 +134,7 @@ class LocalBackend(AuthBackend):
             row = conn.execute(_FIND_USER, (username,)).fetchone()
         user_id, stored_hash, is_guest, active = row if row else (None, None, False, False)
         ok, rehash = _passwords.verify_password(stored_hash, password)
-        if not ok or not active:
+        if not ok or not active or user_id is None:
             raise AuthenticationError(_BAD_LOGIN)
         if is_guest and not self._config.allow_guest_access:
             raise AuthenticationError(_BAD_LOGIN + " (guest access is disabled)")

@@ -1,0 +1,328 @@
+"""Temporary files and scratch directories that a session owns and cleans up.
+
+Each process writes only inside its own private directory, ``<root>/<pid>-<start time>``, so that
+names cannot be guessed or raced by other users, a forked child never deletes its parent's files,
+and the directories of crashed processes can be recognised and reaped later.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import shutil
+import stat
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock
+
+from ome_session.errors import ConfigurationError
+
+__all__ = ["TempFiles", "default_root", "reap"]
+
+_log = logging.getLogger(__name__)
+
+_NAME_MAX = 100
+# Allow-list, not deny-list: anything outside it (separators, NUL, spaces, shell or glob
+# characters, non-ASCII look-alikes) is refused instead of being rewritten behind the caller's back.
+_NAME_CHARS = re.compile(r"[A-Za-z0-9_.-]+")
+# "<pid>-<start>": the pid never starts with 0 (os.kill(0, ...) would mean "my process group").
+_PROCESS_DIR = re.compile(r"([1-9][0-9]{0,9})-([0-9]{1,20}|nostart)")
+# Written instead of a start time where /proc cannot tell one: the pid is then all we go on.
+_NO_START = "nostart"
+_ATTEMPTS = 100
+_FILE_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_WRONLY | os.O_CLOEXEC
+
+
+def default_root() -> Path:
+    """Where temporary files go when configuration names no ``tmp_dir``: one root per user."""
+    return Path(tempfile.gettempdir()) / f"ome-session-{os.getuid()}"
+
+
+def _check_name(value: str, what: str) -> None:
+    """Refuse a name part that could leave the process directory or surprise a shell."""
+    if (
+        not isinstance(value, str)
+        or len(value) > _NAME_MAX
+        or not _NAME_CHARS.fullmatch(value)
+        or ".." in value
+        or value == "."
+    ):
+        raise ValueError(
+            f"{what} {value!r} is not allowed: use 1 to {_NAME_MAX} letters, digits, "
+            "'-', '_' or '.', and no '..'"
+        )
+
+
+def _check_private_dir(path: Path, what: str) -> None:
+    """Refuse a directory other users could write to or redirect: our files would not be private."""
+    st = os.lstat(path)
+    fix = (
+        f"point tmp_dir at a directory of your own with mode 0700 (e.g. remove {path})"
+    )
+    if stat.S_ISLNK(st.st_mode):
+        raise ConfigurationError(f"{what} {path} is a symbolic link; {fix}")
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigurationError(f"{what} {path} is not a directory; {fix}")
+    if st.st_uid != os.getuid():
+        raise ConfigurationError(
+            f"{what} {path} belongs to uid {st.st_uid}, not to this user (uid {os.getuid()}); {fix}"
+        )
+    if st.st_mode & 0o022:
+        raise ConfigurationError(
+            f"{what} {path} is group- or world-writable (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"run `chmod 0700 {path}` or {fix}"
+        )
+
+
+def _make_private_dir(path: Path, what: str, parents: bool = False) -> None:
+    """Create *path* as 0700 if missing, then check that whatever is there is really ours."""
+    try:
+        path.mkdir(mode=0o700, parents=parents)
+    except FileExistsError:
+        pass
+    else:
+        os.chmod(path, 0o700)  # a umask such as 0o277 would otherwise lock us out
+    _check_private_dir(path, what)
+
+
+def _read_start_time(pid: int) -> str | None:
+    """Start time of *pid* (field 22 of /proc/<pid>/stat, clock ticks since boot).
+
+    Returns "" when the process is gone or a zombie, None when /proc cannot tell.
+    """
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except FileNotFoundError:
+        return "" if os.path.isdir("/proc/self") else None
+    except OSError:
+        return None
+    # The command name (field 2) may itself contain spaces and ')': split after the last ')'.
+    fields = data[data.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):
+        return ""  # exited: it will never touch its files again
+    return fields[19].decode("ascii")
+
+
+def _owner_alive(pid: int, start: str) -> bool:
+    """Whether the process that made directory ``<pid>-<start>`` still runs: the one reap rule.
+
+    A pid alone is not enough because pids are reused; the start time must match as well.
+    When either side has no start time, a running pid is taken as the owner: keeping stale files
+    is the safe mistake, deleting a live process's files is not.
+    """
+    try:
+        os.kill(pid, 0)  # signal 0 only asks whether the pid exists
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        pass  # it exists, though it belongs to someone else
+    current = _read_start_time(pid)
+    if current == "":
+        return False
+    if current is None or start == _NO_START:
+        return True
+    return current == start
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a whole tree without ever following a symbolic link."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        # rmtree unlinks links inside the tree instead of descending into them, and on Linux
+        # works through directory file descriptors, so a link swapped in mid-way is not followed.
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)  # a file, or a link put where our file or directory was
+
+
+def _make_file(path: Path) -> None:
+    fd = os.open(path, _FILE_FLAGS, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # exactly 0600 whatever the umask
+    finally:
+        os.close(fd)
+
+
+def _make_dir(path: Path) -> None:
+    os.mkdir(path, 0o700)
+    os.chmod(path, 0o700)
+
+
+class _Registry:
+    """What one process has created; a forked child starts a new one instead of inheriting it."""
+
+    __slots__ = ("dir_name", "lock", "paths", "pid")
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.dir_name = f"{self.pid}-{_read_start_time(self.pid) or _NO_START}"
+        # A fresh lock too: a thread of the parent may have held the old one at fork time.
+        self.lock = threading.Lock()
+        self.paths: set[Path] = set()
+
+
+class TempFiles:
+    """Creates private temporary files and directories and deletes only those it created."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        # Absolute, so a later chdir cannot change what a registered path means; not resolved,
+        # because resolving would follow links we mean to refuse.
+        self.root = Path(os.path.abspath(root if root is not None else default_root()))
+        self._registry = _Registry()
+
+    def _current(self) -> _Registry:
+        """This process's registry: after a fork the parent's paths are simply not ours."""
+        registry = self._registry
+        if registry.pid != os.getpid():
+            registry = self._registry = _Registry()
+        return registry
+
+    def _create(
+        self, prog_name: str, extension: str, make: Callable[[Path], None]
+    ) -> Path:
+        _check_name(prog_name, "prog_name")
+        _check_name(extension, "extension")
+        registry = self._current()
+        with registry.lock:
+            for _ in range(_ATTEMPTS):
+                directory = self.root / registry.dir_name
+                _make_private_dir(self.root, "temporary-file root", parents=True)
+                _make_private_dir(directory, "process temporary directory")
+                path = directory / f"{prog_name}-{secrets.token_hex(8)}.{extension}"
+                try:
+                    make(path)
+                except FileExistsError:
+                    continue  # a random name collided: draw another
+                except FileNotFoundError:
+                    continue  # another TempFiles of this process closed the directory just now
+                registry.paths.add(path)
+                return path
+        raise FileExistsError(
+            f"no free temporary name in {self.root / registry.dir_name}"
+        )
+
+    def new_file(self, prog_name: str = "ome", extension: str = "tmp") -> Path:
+        """Create an empty 0600 file named ``<prog_name>-<random>.<extension>`` and register it."""
+        return self._create(prog_name, extension, _make_file)
+
+    def new_dir(self, prog_name: str = "ome", extension: str = "dir") -> Path:
+        """Create an empty 0700 scratch directory and register it."""
+        return self._create(prog_name, extension, _make_dir)
+
+    def finish(self, path: str | os.PathLike[str]) -> None:
+        """Delete a path this process created here (a file or a whole tree) and unregister it.
+
+        Anything else raises ``ValueError`` and is left alone. A registered path that is
+        already gone is unregistered quietly.
+        """
+        self._finish(Path(os.path.abspath(path)), strict=True)
+
+    def _finish(self, target: Path, *, strict: bool) -> None:
+        registry = self._current()
+        with registry.lock:
+            if target not in registry.paths:
+                if not strict:
+                    return  # the block already finished it, or we are now a forked child
+                raise ValueError(
+                    f"{os.fspath(target)!r} was not created by this process's temporary files "
+                    "(or is already finished); refusing to delete it"
+                )
+            _remove(target)
+            registry.paths.discard(target)
+
+    def finish_all(self) -> list[Path]:
+        """Delete every registered path; returns those deleted.
+
+        A path that cannot be removed is logged and stays registered: one bad path must not stop
+        the caller's clean-up (such as rolling back) from going on.
+        """
+        registry = self._current()
+        finished: list[Path] = []
+        with registry.lock:
+            for path in sorted(registry.paths):
+                try:
+                    _remove(path)
+                except OSError as exc:
+                    _log.warning("could not remove temporary path %s: %s", path, exc)
+                    continue
+                registry.paths.discard(path)
+                finished.append(path)
+        return finished
+
+    def registered(self) -> list[Path]:
+        """Paths created by this process and not yet finished."""
+        registry = self._current()
+        with registry.lock:
+            return sorted(registry.paths)
+
+    @contextmanager
+    def file(self, prog_name: str = "ome", extension: str = "tmp") -> Iterator[Path]:
+        """A temporary file that is deleted when the block ends, also on error."""
+        path = self.new_file(prog_name, extension)
+        try:
+            yield path
+        finally:
+            self._finish(path, strict=False)
+
+    @contextmanager
+    def scratch_dir(
+        self, prog_name: str = "ome", extension: str = "dir"
+    ) -> Iterator[Path]:
+        """A scratch directory that is deleted with its contents when the block ends."""
+        path = self.new_dir(prog_name, extension)
+        try:
+            yield path
+        finally:
+            self._finish(path, strict=False)
+
+    def forget(self) -> None:
+        """Drop the registry without deleting anything: for a child that inherited this object."""
+        self._registry = _Registry()
+
+    def close(self) -> None:
+        """Finish every registered path, then remove this process's directory if it is empty."""
+        self.finish_all()
+        try:
+            os.rmdir(self.root / self._current().dir_name)
+        except OSError:
+            pass  # never made, or still holds files of another TempFiles in this process
+
+
+def reap(root: Path | None = None) -> list[Path]:
+    """Remove the directories of processes that are no longer running; returns those removed.
+
+    Run under a file lock so that concurrent sessions starting at once do not trip over each
+    other. Directories of live processes, including our own, are kept.
+    """
+    root = Path(os.path.abspath(root if root is not None else default_root()))
+    if not os.path.lexists(root):
+        return []
+    _check_private_dir(root, "temporary-file root")
+    removed: list[Path] = []
+    with FileLock(root / ".reap.lock", mode=0o600):
+        with os.scandir(root) as entries:
+            candidates = [
+                entry for entry in entries if entry.is_dir(follow_symlinks=False)
+            ]
+        for entry in candidates:
+            match = _PROCESS_DIR.fullmatch(entry.name)
+            if match is None or _owner_alive(int(match[1]), match[2]):
+                continue
+            try:
+                _remove(Path(entry.path))
+            except OSError as exc:
+                _log.warning(
+                    "could not reap temporary directory %s: %s", entry.path, exc
+                )
+                continue
+            removed.append(Path(entry.path))
+    return removed

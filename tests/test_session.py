@@ -1,0 +1,258 @@
+"""The Session lifecycle: singleton, idle, delete, transactions, deferred tasks, state, temp files."""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from ome_session import Session, SessionManager
+from ome_session.errors import NoSessionError, SessionError, SessionIdleError
+from tests.conftest import People
+
+
+def _count(dsn: str, query: str, *params: object) -> int:
+    with psycopg.connect(dsn) as conn:
+        return int(conn.execute(query, params).fetchone()[0])
+
+
+def _login(people: People, name: str = "alice") -> Session:
+    return SessionManager(people.dsn).create_session(name, People.password(name))
+
+
+def test_session_cannot_be_constructed_directly() -> None:
+    with pytest.raises(SessionError, match="SessionManager"):
+        Session()
+
+
+def test_instance_without_a_session_names_the_caller() -> None:
+    def some_worker_function() -> None:
+        Session.instance()
+
+    with pytest.raises(NoSessionError, match="some_worker_function"):
+        some_worker_function()
+    assert not Session.has_instance()
+
+
+def test_concurrent_logins_leave_exactly_one_consistent_session(people: People) -> None:
+    names = ["alice", "bob", "carol", "lena"] * 2
+    errors: list[BaseException] = []
+
+    def login(name: str) -> None:
+        try:
+            SessionManager(people.dsn).create_session(name, People.password(name))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=login, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    session = Session.instance()
+    assert session.user.ome_name == session.user_name
+    assert session.factory.owner_id == session.experimenter_id
+
+
+def test_after_idle_the_factory_refuses_until_the_next_login(people: People) -> None:
+    session = _login(people)
+    key = session.session_key
+    Session.idle()
+    assert Session.instance() is session
+    with pytest.raises(SessionIdleError):
+        session.factory.find_objects("Project")
+    with pytest.raises(SessionIdleError):
+        session.factory.obtain_dbh()
+    SessionManager(people.dsn).create_session(key=key)
+    assert session.factory.find_objects("Project") == []
+
+
+def test_idle_rolls_back_and_keeps_the_connection(people: People) -> None:
+    session = _login(people)
+    dbh = session.factory.obtain_dbh()
+    backend = dbh.execute("SELECT pg_backend_pid()").fetchone()
+    session.factory.new_object("Project", name="never committed")
+    Session.idle()
+    assert _count(people.dsn, "SELECT count(*) FROM projects") == 0
+    assert _count(people.dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND state = 'idle'",
+                  backend[0]) == 1
+    SessionManager(people.dsn).create_session(key=session.session_key)
+    assert session.factory.obtain_dbh().execute("SELECT pg_backend_pid()").fetchone() == backend
+
+
+def test_idle_without_an_open_transaction_sends_nothing(people: People) -> None:
+    session = _login(people)
+    session.factory.obtain_dbh().execute("SELECT 1")
+    session.commit_transaction()
+    dbh = session.factory.obtain_dbh()
+    # A closed socket would make any round trip fail: idle must not need one.
+    status = dbh.info.transaction_status
+    Session.idle()
+    assert status == psycopg.pq.TransactionStatus.IDLE
+    assert dbh.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def test_a_rolled_back_object_is_gone_and_not_cached(people: People) -> None:
+    session = _login(people)
+    project = session.factory.new_object("Project", name="temporary")
+    session.rollback_transaction()
+    assert session.factory.load_object("Project", project.id) is None
+    assert session.factory.find_objects("Project") == []
+
+
+def test_transaction_commits_on_success_and_rolls_back_on_error(people: People) -> None:
+    session = _login(people)
+    with session.transaction():
+        session.factory.new_object("Project", name="kept")
+    with pytest.raises(RuntimeError), session.transaction():
+        session.factory.new_object("Project", name="dropped")
+        raise RuntimeError("boom")
+    assert [p.name for p in session.factory.find_objects("Project")] == ["kept"]
+    assert _count(people.dsn, "SELECT count(*) FROM projects") == 1
+
+
+def test_nested_transaction_is_a_savepoint(people: People) -> None:
+    session = _login(people)
+    with session.transaction():
+        session.factory.new_object("Project", name="outer")
+        with pytest.raises(ValueError), session.transaction():
+            session.factory.new_object("Project", name="inner")
+            raise ValueError("inner fails")
+        with session.transaction():
+            session.factory.new_object("Project", name="inner ok")
+    names = sorted(p.name for p in session.factory.find_objects("Project"))
+    assert names == ["inner ok", "outer"]
+
+
+def test_deferred_tasks_run_at_idle_and_a_failing_one_does_not_stop_idle(people: People) -> None:
+    session = _login(people)
+    ran: list[str] = []
+
+    def failing() -> None:
+        raise RuntimeError("deferred failure")
+
+    session.defer(lambda: ran.append("first"))
+    session.defer(failing)
+    session.defer(lambda: ran.append(session.factory.new_object("Project", name="by task").name))
+    Session.idle()
+    assert ran == ["first", "by task"]
+    assert session.is_idle()
+    assert _count(people.dsn, "SELECT count(*) FROM projects") == 0  # tasks' uncommitted work rolled back
+
+
+def test_delete_instance_warns_unless_forced_and_closes(people: People) -> None:
+    session = _login(people)
+    backend = session.factory.obtain_dbh().execute("SELECT pg_backend_pid()").fetchone()[0]
+    session.commit_transaction()
+    with pytest.warns(UserWarning):
+        Session.delete_instance()
+    assert not Session.has_instance()
+    assert _count(people.dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", backend) == 0
+    _login(people)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Session.delete_instance(force=True)
+    Session.delete_instance(force=True)  # no session: nothing happens
+
+
+def test_forget_instance_drops_the_session_without_closing(people: People) -> None:
+    session = _login(people)
+    dbh = session.factory.obtain_dbh()
+    backend = dbh.execute("SELECT pg_backend_pid()").fetchone()[0]
+    Session.forget_instance()
+    assert not Session.has_instance()
+    assert _count(people.dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", backend) == 1
+
+
+def test_project_and_dataset_persist_across_logins(people: People) -> None:
+    session = _login(people)
+    project = session.factory.new_object("Project", name="current")
+    dataset = session.factory.new_object("Dataset", name="current data")
+    session.project = project
+    session.dataset = dataset
+    session.commit_transaction()
+    SessionManager(people.dsn).logout()
+    again = _login(people)
+    assert again.project.name == "current"
+    assert again.dataset.name == "current data"
+
+
+def test_new_objects_belong_to_the_session_user_and_group(people: People) -> None:
+    session = _login(people, "carol")
+    project = session.factory.new_object("Project", name="mine")
+    assert project.owner_id == people.ids["carol"]
+    assert project.group_id == people.groups["lab_b"]
+
+
+def test_temporary_files_are_created_private_and_finished(people: People) -> None:
+    session = _login(people)
+    path = session.get_temporary_filename("import", "tif")
+    scratch = session.get_scratch_dir("unpack", "d")
+    assert path.exists() and (path.stat().st_mode & 0o777) == 0o600
+    assert scratch.is_dir() and (scratch.stat().st_mode & 0o777) == 0o700
+    (scratch / "inner.txt").write_text("x")
+    session.finish_temporary_file(path)
+    session.finish_temporary_file(scratch)
+    assert not path.exists() and not scratch.exists()
+
+
+def test_finishing_a_file_this_process_did_not_create_is_refused(people: People, tmp_path: Path) -> None:
+    session = _login(people)
+    before = Path("/etc/passwd").read_bytes()
+    with pytest.raises(ValueError):
+        session.finish_temporary_file("/etc/passwd")
+    outsider = tmp_path / "someone-elses.txt"
+    outsider.write_text("keep me")
+    with pytest.raises(ValueError):
+        session.finish_temporary_file(outsider)
+    assert Path("/etc/passwd").read_bytes() == before
+    assert outsider.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("prog,ext", [("a/b", "txt"), ("..", "txt"), ("x", "../etc"), ("x\x00", "t"), ("ok", "a/b")])
+def test_temporary_names_with_paths_are_rejected(people: People, prog: str, ext: str) -> None:
+    session = _login(people)
+    root = session._temp().root
+    before = sorted(root.rglob("*")) if root.exists() else []
+    with pytest.raises(ValueError):
+        session.get_temporary_filename(prog, ext)
+    assert (sorted(root.rglob("*")) if root.exists() else []) == before
+
+
+def test_idle_finishes_leftover_temporary_files_with_a_warning(people: People) -> None:
+    session = _login(people)
+    path = session.get_temporary_filename()
+    with pytest.warns(UserWarning, match="left unfinished"):
+        Session.idle()
+    assert not path.exists()
+
+
+def test_temporary_file_context_managers_clean_up_on_error(people: People) -> None:
+    session = _login(people)
+    with pytest.raises(KeyError), session.temporary_file("ctx", "txt") as path:
+        path.write_text("data")
+        raise KeyError("fail")
+    assert not path.exists()
+    with session.scratch_dir() as scratch:
+        (scratch / "f").write_text("x")
+    assert not scratch.exists()
+
+
+def test_the_process_directory_of_a_dead_process_is_reaped_at_login(people: People, tmp_path: Path) -> None:
+    root = tmp_path / "tmp"
+    root.mkdir(mode=0o700)
+    pid = os.fork()
+    if pid == 0:  # a child that dies leaving a directory behind
+        from ome_session._tempfiles import TempFiles
+        TempFiles(root).new_file("orphan", "txt")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert [p for p in root.iterdir() if p.name.startswith(f"{pid}-")]
+    Session._reaped_roots.discard(root)
+    _login(people)
+    assert not [p for p in root.iterdir() if p.name.startswith(f"{pid}-")]
