@@ -8,6 +8,7 @@ and the directories of crashed processes can be recognised and reaped later.
 from __future__ import annotations
 
 import logging
+import contextlib
 import os
 import re
 import secrets
@@ -291,10 +292,8 @@ class TempFiles:
     def close(self) -> None:
         """Finish every registered path, then remove this process's directory if it is empty."""
         self.finish_all()
-        try:
+        with contextlib.suppress(OSError):  # never made, or holds files of another TempFiles here
             os.rmdir(self.root / self._current().dir_name)
-        except OSError:
-            pass  # never made, or still holds files of another TempFiles in this process
 
 
 def reap(root: Path | None = None) -> list[Path]:

@@ -1,0 +1,495 @@
+"""The on-disk key store: session keys kept between CLI runs and scripts, never passwords.
+
+``KeyStore`` is ours (``<dir>/<server>/<user>/<key>``, ``ome.*`` lines, a ``.current`` pointer);
+``OmeroSessionStore`` is the ``omero`` CLI's (``<dir>/<url-quoted host>/<user>/<uuid>``, ``omero.*``
+lines, ``._LAST*_`` pointers), so ``omero login`` sessions can be joined and ours listed by it.
+Every directory is opened relative to its parent without following symlinks and checked (ours, not
+writable by others) before it is used; changes are made under a file lock by renaming a fsynced
+temporary file into place, so a reader sees the old file or the new one, never part of one.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import logging
+import os
+import re
+import secrets
+import stat
+import unicodedata
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import quote
+
+import platformdirs
+from filelock import FileLock
+
+from ._keys import key_prefix, validate_key
+from .errors import ConfigurationError, SessionKeyError
+
+_log = logging.getLogger(__name__)
+
+_MAX_BYTES = 64 * 1024  # an entry is a few short lines; anything bigger is not one
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_EXTRA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_OMERO_PORT = 4064  # what the omero CLI records as the last port when none was given
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO cannot hang us
+_NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _check_text(what: str, value: object, *, empty: bool = False) -> str:
+    """Reject what would break a ``key=value`` line or a terminal."""
+    if not isinstance(value, str) or not (value or empty):
+        raise ValueError(f"{what} must be a non-empty string, not {value!r}")
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise ValueError(f"{what} contains a control character: {value!r}")
+    return value
+
+
+def _component(part: str) -> str:
+    """A name that stays inside its directory and cannot collide with the store's dot files."""
+    _check_text("path component", part)
+    if "/" in part or part.startswith(".") or len(part.encode("utf-8")) > 255:
+        raise ValueError(f"{part!r} cannot be a key store path component (no '/', no leading '.')")
+    return part
+
+
+def _check_key(key: object, backend: str) -> None:
+    """The key shape each backend issues; the message never echoes the key, a secret."""
+    if backend != "omero":
+        try:
+            validate_key(key)
+        except SessionKeyError as exc:
+            raise ValueError(str(exc)) from None
+    elif not isinstance(key, str) or _UUID.fullmatch(key) is None:
+        raise ValueError("malformed OMERO session key: it is a lowercase UUID")
+
+
+@dataclass(frozen=True)
+class StoredSession:
+    """One remembered login: where, who, and the key to rejoin it. There is no password field."""
+
+    server: str
+    user: str
+    key: str = field(repr=False)  # a live key must not end up in a log by way of a repr
+    port: int | None = None
+    group: str | None = None
+    sudo: str | None = None  # the admin or group owner who logged in as ``user``
+    timeout: int | None = None
+    backend: str = "local"  # "local" (32 hex key) or "omero" (UUID key)
+    extra: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        for what in ("server", "user", "group", "sudo"):
+            if what in ("server", "user") or getattr(self, what) is not None:
+                _check_text(what, getattr(self, what))
+        if self.backend not in ("local", "omero"):
+            raise ValueError(f"backend must be 'local' or 'omero', not {self.backend!r}")
+        _check_key(self.key, self.backend)
+        if self.port is not None and (type(self.port) is not int or not 0 < self.port < 65536):
+            raise ValueError(f"port must be an integer from 1 to 65535, not {self.port!r}")
+        if self.timeout is not None and (type(self.timeout) is not int or self.timeout < 0):
+            raise ValueError(f"timeout must be a whole number of seconds, not {self.timeout!r}")
+        extra = dict(self.extra)
+        for name, value in extra.items():
+            if not isinstance(name, str) or _EXTRA_NAME.fullmatch(name) is None:
+                raise ValueError(f"extra field name {name!r}: use letters, digits, '_', '.', '-'")
+            if "pass" in name.lower():
+                raise ValueError(f"extra field {name!r} looks like a password; none is ever stored")
+            _check_text(f"extra field {name!r}", value, empty=True)
+        object.__setattr__(self, "extra", MappingProxyType(extra))  # frozen means frozen
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle through the constructor: a mappingproxy cannot be pickled, and this re-checks."""
+        values = [getattr(self, f.name) for f in fields(self)]
+        return (type(self), (*values[:-1], dict(self.extra)))
+
+
+@dataclass(frozen=True)
+class _Format:
+    """What differs between our files and the omero CLI's."""
+
+    names: Mapping[str, str]  # StoredSession field -> property name in the file
+    quote_server: bool  # the CLI url-quotes the host, so "wss://h/x" is one path component
+    backend: str | None  # None: recorded in each entry
+
+    def dump(self, s: StoredSession) -> str:
+        lines = [f"{p}={getattr(s, f)}" for f, p in self.names.items() if getattr(s, f) is not None]
+        for name, value in sorted(s.extra.items()):
+            if name in self.names.values():
+                raise ValueError(f"extra field {name!r} would overwrite a field of the entry")
+            lines.append(f"{name}={value}")
+        return "\n".join(lines) + "\n"
+
+    def parse(self, text: str) -> StoredSession:
+        props = _props(text)
+        fields: dict[str, Any] = {}
+        for f, p in self.names.items():
+            if value := props.pop(p, ""):  # the CLI may leave optional values empty
+                fields[f] = int(value) if f in ("port", "timeout") else value
+        if missing := [self.names[f] for f in ("server", "user", "key") if f not in fields]:
+            raise ValueError(f"missing {', '.join(missing)}")
+        if self.backend is not None:
+            fields["backend"] = self.backend
+        return StoredSession(**fields, extra=props)
+
+
+_FIELDS = ("server", "user", "key", "port", "group", "sudo", "timeout", "backend")
+_OME = _Format({f: f"ome.{f}" for f in _FIELDS}, quote_server=False, backend=None)
+_OMERO_WORDS = {"server": "host", "key": "sess"}  # the CLI's names for two of our fields
+_OMERO = _Format(
+    {f: "omero." + _OMERO_WORDS.get(f, f) for f in _FIELDS if f != "backend"},
+    quote_server=True,
+    backend="omero",
+)
+
+
+def _props(text: str) -> dict[str, str]:
+    """``key=value`` lines read as the omero CLI reads them: the last duplicate wins."""
+    props = {}
+    for line in text.split("\n"):
+        if line := line.rstrip("\r"):
+            name, _, value = line.partition("=")
+            props[name] = value
+    return props
+
+
+def _check_owner(st: os.stat_result, shown: str) -> None:
+    """Only what this user owns and nobody else can change may hold keys or lead to them."""
+    if st.st_uid != os.geteuid():
+        msg = f"{shown} belongs to uid {st.st_uid}, not to uid {os.geteuid()} (this process)"
+        raise ConfigurationError(f"{msg}; the key store refuses it: remove it or use another dir")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigurationError(f"{shown} is writable by others; fix it: chmod go-w '{shown}'")
+
+
+def _open_dir(name: str, dir_fd: int | None, shown: str, *, create: bool) -> int | None:
+    """Open one directory level without following a symlink; None if absent and not created."""
+    created = False
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, 0o700, dir_fd=dir_fd)
+            created = True
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        if create:
+            raise
+        return None
+    except OSError as exc:  # ELOOP: a symlink; ENOTDIR: something else
+        msg = f"{shown} is a symlink or not a directory; the key store refuses it"
+        raise ConfigurationError(f"{msg}: remove it or use another directory") from exc
+    try:
+        if created:
+            os.fchmod(fd, 0o700)  # a umask can only take bits away; say exactly what we mean
+        _check_owner(os.fstat(fd), shown)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read(dir_fd: int, name: str, shown: str) -> str | None:
+    """A small text file of ours, or None if absent; ValueError if it is not such text."""
+    try:
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigurationError(f"{shown} is a symlink or unreadable ({exc.strerror})") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigurationError(f"{shown} is not a regular file")
+        _check_owner(st, shown)
+        data = b""
+        while chunk := os.read(fd, _MAX_BYTES + 1 - len(data)):
+            data += chunk
+            if len(data) > _MAX_BYTES:
+                raise ValueError(f"larger than {_MAX_BYTES // 1024} KiB")
+    finally:
+        os.close(fd)
+    if b"\0" in data:
+        raise ValueError("binary content")
+    return data.decode("utf-8")  # UnicodeDecodeError is a ValueError
+
+
+def _own_file(dir_fd: int, name: str, shown: str) -> bool:
+    """Whether ``name`` exists; refuses to touch a symlink or a file that is not ours."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigurationError(f"{shown} is a symlink or not a regular file; remove it by hand")
+    _check_owner(st, shown)
+    return True
+
+
+def _write(dir_fd: int, name: str, text: str, shown: str) -> None:
+    """Replace one file atomically: a crash at any point leaves the old content or the new."""
+    _own_file(dir_fd, name, shown)
+    tmp = f".tmp-{secrets.token_hex(8)}"  # a dot name: our listing and the omero CLI's skip it
+    fd = os.open(tmp, _NEW_FLAGS, 0o600, dir_fd=dir_fd)
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            view = memoryview(text.encode("utf-8"))
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    os.fsync(dir_fd)  # the rename itself survives a power cut
+
+
+class KeyStore:
+    """Our own key store: ``$OME_SESSIONDIR``, else ``<user data dir>/ome-session/sessions``.
+
+    A store directory that is a symlink, someone else's or writable by others is refused with
+    ``ConfigurationError``; so is a symlinked or foreign entry that a call names. ``list()`` logs
+    and skips every entry it cannot read, and nothing here deletes such an entry.
+    """
+
+    _format = _OME
+
+    def __init__(self, directory: Path | str | None = None) -> None:
+        chosen = directory if directory is not None else self._default_directory()
+        self.directory = Path(os.path.abspath(chosen))
+
+    @staticmethod
+    def _default_directory() -> Path:
+        data = Path(platformdirs.user_data_dir("ome-session", appauthor=False))
+        return Path(os.environ.get("OME_SESSIONDIR") or data / "sessions")
+
+    def file_for(self, s: StoredSession) -> Path:
+        """Where ``s`` is (or would be) stored; what ``sessions file`` prints."""
+        return self.directory.joinpath(*self._entry_parts(s))
+
+    def add(self, s: StoredSession, *, make_current: bool = True) -> Path:
+        """Store (or replace) an entry; by default it also becomes the current one."""
+        parts, text = self._entry_parts(s), self._format.dump(s)
+        with self._locked():
+            self._write_in(parts[:2], parts[2], text)
+            if make_current:
+                self._write_current(s, parts)
+        return self.directory.joinpath(*parts)
+
+    def get(self, server: str, user: str, key: str) -> StoredSession | None:
+        """The entry, or None if absent or unreadable (logged); ValueError for impossible names."""
+        parts = self._parts(server, user, key)
+        try:
+            text = self._read_in(parts[:2], parts[2])
+            return None if text is None else self._load(text, parts)
+        except ValueError as exc:
+            _log.warning("key store: ignoring %s: %s", self._shown(parts), exc)
+            return None
+
+    def current(self) -> StoredSession | None:
+        """The entry the last login made current, if it is still stored."""
+        try:
+            pointer = self._read_current()
+            return None if pointer is None else self.get(*pointer)
+        except ValueError as exc:
+            _log.warning("key store: ignoring the current pointer in %s: %s", self.directory, exc)
+            return None
+
+    def set_current(self, s: StoredSession) -> None:
+        """Make a stored entry the one the next login tries first."""
+        parts = self._entry_parts(s)
+        with self._locked():
+            if self.get(s.server, s.user, s.key) is None:
+                raise ValueError("that session is not in the key store; add() it first")
+            self._write_current(s, parts)
+
+    def list(self) -> builtins.list[StoredSession]:  # ``list`` is shadowed in the class
+        """Every readable entry, sorted by server, user and key."""
+        found: builtins.list[StoredSession] = []
+        with self._dir([], create=False) as root:
+            if root is not None:
+                self._collect(root, [], found)
+        return sorted(found, key=lambda s: (s.server, s.user, s.key))
+
+    def remove(self, s: StoredSession) -> None:
+        """Forget one entry (already gone is fine), and the current pointer if it named it."""
+        parts = self._entry_parts(s)
+        with self._locked():
+            self._remove(parts)
+
+    def clear(self, server: str | None = None, user: str | None = None) -> int:
+        """Remove every readable entry matching the filters; return how many went."""
+        for what, value in (("server", server), ("user", user)):
+            if value is not None:
+                _check_text(what, value)
+        with self._locked():
+            doomed = [
+                s for s in self.list() if server in (None, s.server) and user in (None, s.user)
+            ]
+            return sum(self._remove(self._entry_parts(s)) for s in doomed)
+
+    # The current pointer. Ours is one file, <dir>/.current, in the entries' line format.
+
+    def _read_current(self) -> tuple[str, str, str] | None:
+        text = self._read_in([], ".current")
+        if text is None:
+            return None
+        props, names = _props(text), self._format.names
+        try:
+            return props[names["server"]], props[names["user"]], props[names["key"]]
+        except KeyError as exc:
+            raise ValueError(f"missing {exc}") from None
+
+    def _write_current(self, s: StoredSession, parts: Sequence[str]) -> None:
+        lines = [f"{self._format.names[f]}={getattr(s, f)}\n" for f in ("server", "user", "key")]
+        self._write_in([], ".current", "".join(lines))
+
+    def _forget_current(self, parts: Sequence[str]) -> None:
+        with contextlib.suppress(ValueError):
+            pointer = self._read_current()
+            if pointer is not None and self._parts(*pointer) == list(parts):
+                self._unlink_in([], ".current")
+
+    # Internals: names, paths and file operations.
+
+    def _parts(self, server: str, user: str, key: str) -> builtins.list[str]:
+        """The on-disk names of an entry, checked so that none can leave its directory."""
+        _check_text("server", server)
+        _check_text("user", user)
+        # Ours holds both backends' keys; the omero CLI's store only OMERO's.
+        is_uuid = isinstance(key, str) and _UUID.fullmatch(key) is not None
+        _check_key(key, self._format.backend or ("omero" if is_uuid else "local"))
+        host = quote(server, safe="") if self._format.quote_server else server
+        return [_component(host), _component(user), key]
+
+    def _entry_parts(self, s: StoredSession) -> builtins.list[str]:
+        if self._format.backend not in (None, s.backend):
+            raise ValueError(f"this store holds {self._format.backend} sessions, not {s.backend}")
+        return self._parts(s.server, s.user, s.key)
+
+    def _shown(self, parts: Sequence[str]) -> str:
+        """A path for messages and logs, the key shortened: logs must not leak live keys."""
+        names = [*parts[:2], *(key_prefix(p) + "..." for p in parts[2:3])]
+        return str(self.directory.joinpath(*names))
+
+    def _load(self, text: str, parts: Sequence[str]) -> StoredSession:
+        s = self._format.parse(text)
+        if self._entry_parts(s) != list(parts):
+            raise ValueError("its content names another server, user or key than its path")
+        return s
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Serialise changes between processes; the root is checked before its lock is made."""
+        with self._dir([], create=True), FileLock(self.directory / ".lock", mode=0o600):
+            yield
+
+    @contextlib.contextmanager
+    def _dir(self, parts: Sequence[str], *, create: bool) -> Iterator[int | None]:
+        """A checked fd of ``<dir>/<parts...>``, each level opened relative to the one above."""
+        if create:
+            self.directory.parent.mkdir(parents=True, exist_ok=True)
+        fd = _open_dir(str(self.directory), None, str(self.directory), create=create)
+        try:
+            for i, part in enumerate(parts):
+                if fd is None:
+                    break
+                nxt = _open_dir(part, fd, self._shown(parts[: i + 1]), create=create)
+                os.close(fd)
+                fd = nxt
+            yield fd
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _read_in(self, parts: Sequence[str], name: str) -> str | None:
+        with self._dir(parts, create=False) as fd:
+            return None if fd is None else _read(fd, name, self._shown([*parts, name]))
+
+    def _write_in(self, parts: Sequence[str], name: str, text: str) -> None:
+        with self._dir(parts, create=True) as fd:
+            assert fd is not None
+            _write(fd, name, text, self._shown([*parts, name]))
+
+    def _unlink_in(self, parts: Sequence[str], name: str) -> bool:
+        with self._dir(parts, create=False) as fd:
+            if fd is None or not _own_file(fd, name, self._shown([*parts, name])):
+                return False
+            os.unlink(name, dir_fd=fd)
+            return True
+
+    def _remove(self, parts: Sequence[str]) -> bool:
+        removed = self._unlink_in(parts[:2], parts[2])
+        self._forget_current(parts)
+        return removed
+
+    def _collect(
+        self, dir_fd: int, parts: Sequence[str], found: builtins.list[StoredSession]
+    ) -> None:
+        """Gather the entries below ``dir_fd``; whatever cannot be read is logged and skipped."""
+        with os.scandir(dir_fd) as it:
+            names = sorted(e.name for e in it if not e.name.startswith("."))
+        for name in names:
+            here = [*parts, name]
+            try:
+                if len(here) == 3:
+                    if (text := _read(dir_fd, name, self._shown(here))) is not None:
+                        found.append(self._load(text, here))
+                elif (fd := _open_dir(name, dir_fd, self._shown(here), create=False)) is not None:
+                    try:
+                        self._collect(fd, here, found)
+                    finally:
+                        os.close(fd)
+            except (ConfigurationError, ValueError, OSError) as exc:
+                _log.warning("key store: skipping %s: %s", self._shown(here), exc)
+
+
+class OmeroSessionStore(KeyStore):
+    """The ``omero`` CLI's store, in its format, so sessions can be shared with ``omero login``.
+
+    ``$OMERO_SESSIONDIR``, else ``$OMERO_USERDIR/sessions``, else ``~/omero/sessions``. The CLI
+    neither locks nor writes atomically; our own changes do both.
+    """
+
+    _format = _OMERO
+
+    @staticmethod
+    def _default_directory() -> Path:
+        userdir = Path(os.environ.get("OMERO_USERDIR") or Path.home() / "omero")
+        return Path(os.environ.get("OMERO_SESSIONDIR") or userdir / "sessions")
+
+    # The CLI's pointers, written without a newline: ._LASTHOST_ (the raw host) and ._LASTPORT_ in
+    # the root, ._LASTUSER_ in the host directory, ._LASTSESS_ in the user directory.
+
+    def _read_current(self) -> tuple[str, str, str] | None:
+        host = (self._read_in([], "._LASTHOST_") or "").strip()
+        qhost = _component(quote(host, safe="")) if host else ""
+        user = (self._read_in([qhost], "._LASTUSER_") or "").strip() if host else ""
+        if not user:
+            return None
+        sess = (self._read_in([qhost, _component(user)], "._LASTSESS_") or "").strip()
+        return (host, user, sess) if sess else None
+
+    def _write_current(self, s: StoredSession, parts: Sequence[str]) -> None:
+        self._write_in([], "._LASTHOST_", s.server)
+        self._write_in([], "._LASTPORT_", str(s.port or _OMERO_PORT))
+        self._write_in(parts[:1], "._LASTUSER_", s.user)
+        self._write_in(parts[:2], "._LASTSESS_", s.key)
+
+    def _forget_current(self, parts: Sequence[str]) -> None:
+        # As the CLI does: only the session pointer goes; host and user stay as login defaults.
+        with contextlib.suppress(ValueError):
+            if (self._read_in(parts[:2], "._LASTSESS_") or "").strip() == parts[2]:
+                self._unlink_in(parts[:2], "._LASTSESS_")
+
+
+__all__ = ["KeyStore", "OmeroSessionStore", "StoredSession"]
