@@ -65,8 +65,9 @@ class Connection:
 
     @property
     def raw(self) -> psycopg.Connection[Any]:
-        """The psycopg connection, reopened first if it was closed or broke."""
-        if self._conn is None or self._conn.closed:
+        """The psycopg connection, reopened first if it was closed or broke (or is the parent's)."""
+        conn = self._own()
+        if conn is None or conn.closed:
             self.open()
         assert self._conn is not None
         return self._conn
@@ -76,16 +77,28 @@ class Connection:
         """Whether this process opened the socket (false in a forked child)."""
         return self._pid == os.getpid()
 
+    def _own(self) -> psycopg.Connection[Any] | None:
+        """The connection if this process opened it; one inherited through fork is discarded.
+
+        Every use goes through here, so a Factory kept across a fork (which the at-fork hook did
+        not reach) opens its own connection instead of talking on the parent's socket.
+        """
+        if self._conn is not None and not self.owned:
+            self.discard()
+        return self._conn
+
     @property
     def usable(self) -> bool:
-        return self._conn is not None and not self._conn.closed and not self._conn.broken
+        conn = self._own()
+        return conn is not None and not conn.closed and not conn.broken
 
     @property
     def in_transaction(self) -> bool:
         """A transaction is open (known locally: asking costs no round trip)."""
-        if self._conn is None or self._conn.closed:
+        conn = self._own()
+        if conn is None or conn.closed:
             return False
-        return self._conn.info.transaction_status != pq.TransactionStatus.IDLE
+        return conn.info.transaction_status != pq.TransactionStatus.IDLE
 
     def rollback(self) -> None:
         """Roll back if a transaction is open; no round trip otherwise."""
@@ -103,7 +116,7 @@ class Connection:
         conn, self._conn = self._conn, None
         if conn is None or conn.closed:
             return
-        if self._pid != os.getpid():
+        if not self.owned:
             _discard(conn)
             return
         try:
@@ -114,7 +127,7 @@ class Connection:
     def discard(self) -> None:
         """Drop the connection without closing it; in a forked child, without a word to the server."""
         conn, self._conn = self._conn, None
-        if conn is not None and not conn.closed and self._pid != os.getpid():
+        if conn is not None and not conn.closed and not self.owned:
             _discard(conn)
 
     # -- statements ------------------------------------------------------------------------------
@@ -152,7 +165,7 @@ class Connection:
                 fd = conn.pgconn.socket
                 devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
                 try:
-                    os.dup2(devnull, fd)
+                    os.dup2(devnull, fd, inheritable=False)  # keep libpq's close-on-exec
                 finally:
                     os.close(devnull)
         except (OSError, psycopg.Error):
@@ -202,9 +215,9 @@ def _discard(conn: psycopg.Connection[Any]) -> None:
     """
     try:
         fd = conn.pgconn.socket
-        devnull = os.open(os.devnull, os.O_RDWR)
+        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         try:
-            os.dup2(devnull, fd)
+            os.dup2(devnull, fd, inheritable=False)
         finally:
             os.close(devnull)
         conn.close()

@@ -7,8 +7,8 @@ and the directories of crashed processes can be recognised and reaped later.
 
 from __future__ import annotations
 
-import logging
 import contextlib
+import logging
 import os
 import re
 import secrets

@@ -7,7 +7,6 @@ the singleton only after the backend accepted the credentials (the original boun
 from __future__ import annotations
 
 import logging
-import os
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -120,13 +119,23 @@ class SessionManager:
             session._close()
 
     def reattach(self) -> Session:
-        """In a forked child: log in again with the session key inherited from the parent."""
+        """In a forked child: log in again with the session key inherited from the parent.
+
+        An active session of this process is returned as it is; an idle one (``Session.idle()``
+        between a worker's tasks) is resumed with the inherited key, one round trip. A manager
+        made without a DSN uses the database the parent's session used.
+        """
+        current = _current()  # first: it also forgets a session inherited through fork
         key = Session._inherited_key
         if key is None:
             raise SessionError("nothing to reattach: this process did not inherit a logged-in session")
-        if Session._instance is not None:
-            return Session._instance
-        return self.create_session(key=key)
+        if current is not None and not current.is_idle():
+            return current
+        manager = self
+        if self._dsn is None and Session._inherited_dsn is not None:
+            manager = SessionManager(Session._inherited_dsn, backend=self._backend_name, agent=self._agent,
+                                     host=self._host, **self._options)
+        return manager.create_session(key=key)
 
     # -- binding ---------------------------------------------------------------------------------
 
@@ -181,7 +190,4 @@ class SessionManager:
 
 def _current() -> Session | None:
     """The process's own session (never one inherited through fork)."""
-    session = Session._instance
-    if session is not None and session._pid != os.getpid():
-        return None
-    return session
+    return Session._own_instance()

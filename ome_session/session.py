@@ -45,6 +45,7 @@ class Session:
     _instance: ClassVar[Session | None] = None
     _lock: ClassVar[threading.RLock] = threading.RLock()
     _inherited_key: ClassVar[str | None] = None  # the parent's key, for reattach() in a child
+    _inherited_dsn: ClassVar[str | None] = None  # and the database that key lives in
     _reaped_roots: ClassVar[set[Path]] = set()
 
     _factory: Factory | None
@@ -80,7 +81,7 @@ class Session:
     @classmethod
     def instance(cls) -> Session:
         """This process's session; ``NoSessionError`` (naming the caller) when there is none."""
-        session = cls._instance
+        session = cls._own_instance()
         if session is None:
             caller = inspect.stack(context=0)[1]
             raise NoSessionError(
@@ -91,7 +92,22 @@ class Session:
 
     @classmethod
     def has_instance(cls) -> bool:
-        return cls._instance is not None
+        return cls._own_instance() is not None
+
+    @classmethod
+    def _own_instance(cls) -> Session | None:
+        """The singleton if this process made it; one inherited through a fork is forgotten.
+
+        The at-fork hook normally did that already; this catches forks it cannot see (``fork()``
+        called from C, as uWSGI does by default).
+        """
+        session = cls._instance
+        if session is not None and session._pid != os.getpid():
+            from ._fork import after_fork_in_child  # _fork imports this module
+
+            after_fork_in_child()
+            return None
+        return session
 
     @classmethod
     def bootstrap_instance(cls, dsn: str | None = None) -> Session:
