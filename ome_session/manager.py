@@ -9,13 +9,16 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._settings import Settings, resolve_dsn
 from .backends import AuthBackend, Login
 from .errors import ConfigurationError, SessionError
 from .factory import Factory
 from .session import Session
+
+if TYPE_CHECKING:
+    from .keystore import KeyStore
 
 log = logging.getLogger(__name__)
 _NO_KEY: Any = object()  # create_session(key=None) is a malformed key, not "no key given"
@@ -136,6 +139,21 @@ class SessionManager:
             manager = SessionManager(Session._inherited_dsn, backend=self._backend_name, agent=self._agent,
                                      host=self._host, **self._options)
         return manager.create_session(key=key)
+
+    def tty_login(self, *, server: str = "localhost", user: str | None = None, store: KeyStore | None = None,
+                  prompt: Callable[[str], str] | None = None, attempts: int = 3) -> Session:
+        """Log in from a terminal: a live key from the key store first, else ask for the password
+        (``getpass``: no echo) at most ``attempts`` times; the new key is saved to the store (0600).
+
+        ``server`` is the label the key is stored under; ``AuthenticationError`` after the last
+        rejected attempt. See ``ome_session._tty``.
+        """
+        import getpass
+
+        from . import _tty
+
+        return _tty.tty_login(self, server=server, user=user, store=store,
+                              prompt=prompt or getpass.getpass, attempts=attempts)
 
     # -- binding ---------------------------------------------------------------------------------
 
