@@ -108,12 +108,17 @@ class SessionManager:
         return self._bind(lambda backend: backend.sudo(actor, username, host=where, agent=self._agent))
 
     def logout(self, session: Session | None = None) -> None:
-        """Revoke the session's key in the database and drop the process's session."""
+        """Revoke the session's key in the database and drop the process's session.
+
+        Logging out ends the unit of work: an open transaction is rolled back first, so the
+        revocation commits by itself and cannot be undone with it.
+        """
         session = session or _current()
         if session is None:
             return
         if session._login is not None and session._backend is not None:
             if session._factory is not None:
+                session._factory._connection.rollback()
                 session._factory._revive()
             session._backend.logout(session._login)
         if Session._instance is session:
@@ -159,6 +164,8 @@ class SessionManager:
 
     def _bind(self, authenticate: Callable[[AuthBackend], Login]) -> Session:
         """Authenticate, then (only on success) bind the result to the process's session."""
+        if (self._backend_name or "local") != "local":
+            return self._bind_remote(authenticate)
         with Session._lock:
             current = _current()
             reuse = current is not None and current._factory is not None and (
@@ -198,12 +205,50 @@ class SessionManager:
             session = current
             session._factory, session._backend, session._login = factory, backend, login
         else:
+            if current is not None:  # the bootstrap object must not close the connection it handed on
+                current._factory = None
             session = Session._make(factory=factory, backend=backend, login=login)
         session._idle = False
         session._bootstrap = False
         Session._install(session)
         session._reap_once()
         return session
+
+
+    def _remote_backend(self, current: Session | None) -> AuthBackend:
+        """The backend of a remote server; a worker's session keeps one (and its connection)."""
+        if current is not None and current._backend is not None and current._backend.serves(
+                self._backend_name or "", self._options):
+            return current._backend
+        if self._backend_name == "omero":
+            from .backends.omero import OmeroBackend
+
+            return OmeroBackend(**self._options)
+        raise ConfigurationError(f"unknown session backend {self._backend_name!r}; use 'local' or 'omero'")
+
+    def _bind_remote(self, authenticate: Callable[[AuthBackend], Login]) -> Session:
+        """Like ``_bind`` for a backend without a local database: no Factory, no transaction."""
+        with Session._lock:
+            current = _current()
+            backend = self._remote_backend(current)
+            login = authenticate(backend)  # on failure the backend keeps what it had
+            if current is not None:
+                Session.idle()
+                if current._factory is not None:
+                    current._factory.close()
+                    current._factory = None
+                if current._backend is not None and current._backend is not backend:
+                    current._backend.close()
+            backend.adopt(login)
+            if current is not None and not current.is_bootstrap():
+                session = current
+            else:
+                session = Session._make(factory=None, backend=backend, login=login)
+            session._backend, session._login = backend, login
+            session._idle = False
+            session._bootstrap = False
+            Session._install(session)
+            return session
 
 
 def _current() -> Session | None:

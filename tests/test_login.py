@@ -131,6 +131,18 @@ def test_logout_revokes_the_key_for_good(people: People) -> None:
         manager.create_session(key=key)
 
 
+def test_logout_with_a_transaction_open_still_revokes_the_key(people: People) -> None:
+    manager = SessionManager(people.dsn)
+    session = manager.create_session("alice", "alice-password")
+    key = session.session_key
+    assert session.user.ome_name == "alice"  # a read: a transaction is now open
+    session.factory.new_object("Project", name="abandoned")
+    manager.logout()
+    with pytest.raises(SessionKeyError):
+        manager.create_session(key=key)
+    assert _sql(people.dsn, "SELECT count(*) FROM projects") == [(0,)]
+
+
 def _age_session(dsn: str, key: str, seconds: int) -> None:
     _sql(dsn, "UPDATE ome_sessions SET last_access = last_access - make_interval(secs => %s),"
               " started = started - make_interval(secs => %s) WHERE key_digest = %s",

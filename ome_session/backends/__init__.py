@@ -70,6 +70,13 @@ class AuthBackend(ABC):
     def su(self, *, host: str | None, agent: str | None) -> Login:
         """A session as the configured super user (trusted local processes only)."""
 
+    def serves(self, name: str, options: dict[str, Any]) -> bool:
+        """Whether this backend instance is the one a manager with these options would make."""
+        return False
+
+    def adopt(self, login: Login) -> None:  # noqa: B027  (optional hook)
+        """``login`` becomes the process's session: release the previous one (detach, not kill)."""
+
     def idle(self) -> None:  # noqa: B027  (optional hook)
         """Between units of work: release what is per-request (nothing, for most backends)."""
 

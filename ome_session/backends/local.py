@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .. import _keys, _passwords
+from .. import _keys, _ldap, _passwords
 from .._connection import Connection
 from .._query import Acl
 from ..configuration import Configuration
@@ -133,7 +133,14 @@ class LocalBackend(AuthBackend):
         with self._db.errors(), self._db.autocommit() as conn:
             row = conn.execute(_FIND_USER, (username,)).fetchone()
         user_id, stored_hash, is_guest, active = row if row else (None, None, False, False)
-        ok, rehash = _passwords.verify_password(stored_hash, password)
+        ldap = self._config.ldap
+        if ldap and not stored_hash and user_id is not None and active:
+            # No local password: the directory decides, and a refusal is final (no fallback).
+            # The dummy hash keeps a refused directory user as slow as an unknown name.
+            _passwords.verify_password(None, password)
+            ok, rehash = _ldap.bind(ldap, username, password), False
+        else:
+            ok, rehash = _passwords.verify_password(stored_hash, password)
         if not ok or not active or user_id is None:
             raise AuthenticationError(_BAD_LOGIN)
         if is_guest and not self._config.allow_guest_access:
