@@ -35,7 +35,7 @@ class InstallResult:
     admin_id: int
 
 
-def install(dsn: str | None = None, *, admin: str = "admin", admin_password: str | None = None,
+def install(dsn: str | None = None, *, admin: str | None = None, admin_password: str | None = None,
             tmp_dir: str | None = None, allow_guest: bool = False,
             report: Report = print) -> InstallResult:
     """Install or upgrade ome-session's database; prints each step through ``report``."""
@@ -57,10 +57,15 @@ def install(dsn: str | None = None, *, admin: str = "admin", admin_password: str
             values["tmp_dir"] = tmp_dir
         wrote = Configuration.install(factory, values)
         report("configuration: written" if wrote else "configuration: exists, kept as it is")
-        admin_id, created = _first_admin(session, admin, admin_password, report)
+        configured = factory.configuration.super_user_id
+        if admin is None and configured is not None:  # a re-run without --admin keeps the install's admin
+            admin_id, created = configured, False
+            report(f"admin: the super user (id {configured}) exists, kept")
+        else:
+            admin_id, created = _first_admin(session, admin or "admin", admin_password, report)
         if factory.configuration.super_user_id is None:
             Configuration.update(factory, {"super_user": admin_id})
-            report(f"super user: {admin} (id {admin_id})")
+            report(f"super user: {admin or 'admin'} (id {admin_id})")
         else:
             report(f"super user: kept (id {factory.configuration.super_user_id})")
         session.commit_transaction()

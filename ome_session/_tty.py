@@ -1,0 +1,153 @@
+"""Logging in from a terminal: re-use a stored key if it still lives, else ask for a password.
+
+Behind ``SessionManager.tty_login()`` and the ``ome-session login`` command. A typed password
+lives only in memory for the one attempt it is typed for; what the key store keeps is the key
+(files 0600, see ``keystore``), tagged with the database it belongs to, because a server name is
+only a label: two databases may well both be "localhost".
+"""
+
+from __future__ import annotations
+
+import getpass
+import sys
+import unicodedata
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from psycopg.conninfo import conninfo_to_dict
+
+from .errors import AuthenticationError, SessionError, SessionKeyError
+from .keystore import KeyStore, StoredSession
+
+if TYPE_CHECKING:
+    from .manager import SessionManager
+    from .session import Session
+
+DEFAULT_SERVER = "localhost"
+ATTEMPTS = 3
+# The extra field of a stored entry that names its database (never a password: see database_label).
+DATABASE_FIELD = "ome.database"
+
+Prompt = Callable[[str], str]
+
+
+def database_label(dsn: str) -> str:
+    """A name for the database a DSN points at: ``dbname@host:port``, without user or password."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except Exception:  # psycopg.ProgrammingError; connecting reports it properly later
+        return "unknown"
+    host = params.get("host") or params.get("hostaddr") or "default"
+    label = f"{params.get('dbname') or 'default'}@{host}:{params.get('port') or 5432}"
+    return "".join("?" if unicodedata.category(c) == "Cc" else c for c in label)
+
+
+def same_database(entry: StoredSession, database: str, backend: str = "local") -> bool:
+    """Whether a stored key can belong to ``database`` (entries without a tag are assumed to)."""
+    return entry.backend == backend and entry.extra.get(DATABASE_FIELD, database) == database
+
+
+def candidates(store: KeyStore, *, server: str, user: str, database: str, sudo: str | None = None,
+               port: int | None = None, backend: str = "local") -> list[StoredSession]:
+    """Stored entries that could log ``user`` in to ``server`` again, the current one first."""
+    found = [s for s in store.list() if (s.server, s.user, s.sudo, s.port) == (server, user, sudo, port)
+             and same_database(s, database, backend)]
+    current = store.current()
+    return sorted(found, key=lambda s: current is None or s.key != current.key)
+
+
+def resume_stored(manager: SessionManager, store: KeyStore,
+                  entries: list[StoredSession]) -> tuple[Session, StoredSession] | None:
+    """The first entry whose key still lives, resumed; dead ones are removed from the store.
+
+    A key the database rejects is closed for good, so forgetting it loses nothing.
+    """
+    for entry in entries:
+        try:
+            session = manager.create_session(key=entry.key)
+        except SessionKeyError:
+            store.remove(entry)
+            continue
+        return session, entry
+    return None
+
+
+def ask_password(authenticate: Callable[[str], Session], *, prompt: Prompt = getpass.getpass,
+                 attempts: int = ATTEMPTS, label: str = "Password: ") -> Session:
+    """Ask up to ``attempts`` times; the last ``AuthenticationError`` is raised when all fail.
+
+    Only a rejected login is retried: an unreachable database or a refusal (``PermissionDenied``)
+    ends the loop at once.
+    """
+    if attempts < 1:
+        raise ValueError(f"attempts must be at least 1, not {attempts}")
+    for attempt in range(1, attempts + 1):
+        try:
+            password = prompt(label)
+        except EOFError:
+            raise AuthenticationError("login abandoned: no password was given") from None
+        try:
+            return authenticate(password)
+        except AuthenticationError as exc:
+            if attempt == attempts:
+                raise AuthenticationError(f"{exc} ({attempts} attempts)") from None
+            print(f"{exc}; try again", file=sys.stderr)
+    raise AssertionError("unreachable")
+
+
+def remember(store: KeyStore, session: Session, *, server: str, database: str, port: int | None = None,
+             group: str | None = None, sudo: str | None = None) -> StoredSession:
+    """Save the session's key (not its password: there is none to save) and make it current."""
+    key, user = session.session_key, session.user_name
+    if key is None or user is None:
+        raise ValueError("only a logged-in session can be stored")
+    backend = session.backend.name if session.backend is not None else "local"
+    try:
+        timeout: int | None = session.configuration.session_idle_timeout
+    except SessionError:  # a remote backend's session has no local configuration
+        timeout = None
+    entry = StoredSession(server=server, user=user, key=key, port=port, group=group, sudo=sudo,
+                          timeout=timeout, backend=backend, extra={DATABASE_FIELD: database})
+    store.add(entry)
+    return entry
+
+
+def tty_login(manager: SessionManager, *, server: str = DEFAULT_SERVER, user: str | None = None,
+              store: KeyStore | None = None, prompt: Prompt = getpass.getpass,
+              attempts: int = ATTEMPTS) -> Session:
+    """Log in from a terminal: a live stored key first, else a password, saving the new key.
+
+    Without ``user``, the user of the current stored entry for ``server`` is taken, else asked
+    for. Raises ``AuthenticationError`` after ``attempts`` rejected passwords.
+    """
+    store = store if store is not None else KeyStore()
+    database = database_label(manager.settings.dsn)
+    if user is None:
+        current = store.current()
+        user = current.user if current is not None and current.server == server else _ask_user()
+    found = resume_stored(manager, store, candidates(store, server=server, user=user, database=database,
+                                                     backend=manager.settings.backend))
+    if found is not None:
+        store.set_current(found[1])
+        return found[0]
+    name = user
+    session = ask_password(lambda password: manager.create_session(name, password),
+                           prompt=prompt, attempts=attempts)
+    try:
+        remember(store, session, server=server, database=database)
+    except BaseException:
+        manager.logout(session)  # a key nobody can find again must not stay open
+        raise
+    return session
+
+
+def _ask_user() -> str:
+    if not sys.stdin.isatty():
+        raise AuthenticationError("no user name given, and no terminal to ask for one")
+    try:
+        name = input("Username: ").strip()
+    except EOFError:
+        name = ""
+    if not name:
+        raise AuthenticationError("login abandoned: no user name was given")
+    return name
