@@ -232,5 +232,12 @@ class LocalBackend(AuthBackend):
 
 
 def _plausible(value: object) -> bool:
-    """A user name or password that can be checked at all (PostgreSQL text cannot hold NUL)."""
-    return isinstance(value, str) and 0 < len(value) <= _MAX_FIELD and "\x00" not in value
+    """A user name or password that can be checked at all: PostgreSQL text cannot hold NUL, and a
+    lone surrogate cannot be encoded for it or for argon2 (it would escape as UnicodeEncodeError)."""
+    if not isinstance(value, str) or not 0 < len(value) <= _MAX_FIELD or "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
