@@ -32,6 +32,7 @@ def after_fork_in_child() -> None:
     Session, its Factory) refuse to work in the child rather than touch the parent's socket.
     """
     # Fresh locks first: the parent's may have been held by a thread that is gone in the child.
+    Session._process_pid = os.getpid()
     Session._lock = threading.RLock()
     Configuration._preload_lock = threading.Lock()
     session, Session._instance = Session._instance, None

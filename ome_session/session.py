@@ -47,6 +47,7 @@ class Session:
     _inherited_key: ClassVar[str | None] = None  # the parent's key, for reattach() in a child
     _inherited_dsn: ClassVar[str | None] = None  # and the database that key lives in
     _reaped_roots: ClassVar[set[Path]] = set()
+    _process_pid: ClassVar[int] = os.getpid()  # kept current by the at-fork hook
 
     _factory: Factory | None
     _backend: AuthBackend | None
@@ -81,6 +82,12 @@ class Session:
     @classmethod
     def instance(cls) -> Session:
         """This process's session; ``NoSessionError`` (naming the caller) when there is none."""
+        session = cls._instance
+        # The hot path: the pid the at-fork hook keeps up to date, instead of a getpid() system
+        # call on every access. Forks the hook cannot see are caught by _own_instance() below and,
+        # in any case, by the connection's own pid check before a byte reaches the database.
+        if session is not None and session._pid == cls._process_pid:
+            return session
         session = cls._own_instance()
         if session is None:
             caller = inspect.stack(context=0)[1]
