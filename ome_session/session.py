@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from psycopg import sql
+
 from ._query import Acl
 from ._tempfiles import TempFiles
 from ._tempfiles import reap as _reap_temp
@@ -46,6 +48,7 @@ class Session:
     _lock: ClassVar[threading.RLock] = threading.RLock()
     _inherited_key: ClassVar[str | None] = None  # the parent's key, for reattach() in a child
     _inherited_dsn: ClassVar[str | None] = None  # and the database that key lives in
+    _inherited_backend: ClassVar[tuple[str, dict[str, Any]] | None] = None  # or the remote backend's options
     _reaped_roots: ClassVar[set[Path]] = set()
     _process_pid: ClassVar[int] = os.getpid()  # kept current by the at-fork hook
 
@@ -312,6 +315,36 @@ class Session:
     def sudo_by(self) -> int | None:
         return self._login.sudo_by if self._login else None
 
+    @property
+    def gateway(self) -> Any:
+        """An omero-py ``BlitzGateway`` on this OMERO session's client, for the current unit of work.
+
+        Do not ``close()`` it: log out through the manager, and let ``idle()`` end the unit of
+        work. ``SessionError`` for a session of another backend.
+        """
+        login = self._require_login()
+        self._check_active()
+        gateway = getattr(self._backend, "gateway", None)
+        if gateway is None:
+            raise SessionError("only an OMERO session has a gateway: log in with SessionManager(backend='omero', ...)")
+        return gateway(login)
+
+    def set_group(self, group: str | int) -> None:
+        """Switch the session's group (a name or id of one of the user's groups).
+
+        For OMERO also ``-1``: every group the user can read, until the next ``idle()``. For the
+        local backend this makes the group the user's primary group (``_maintenance.switch_group``).
+        """
+        login = self._require_login()
+        self._check_active()
+        switch = getattr(self._backend, "set_group", None)
+        if switch is not None:
+            switch(login, group)
+            return
+        from . import _maintenance
+
+        _maintenance.switch_group(self, str(group))
+
     def is_guest_session(self) -> bool:
         return bool(self._login and self._login.is_guest)
 
@@ -351,11 +384,11 @@ class Session:
         dbh = factory.obtain_dbh()
         depth = self._tx_depth
         self._tx_depth += 1
-        savepoint = f"ome_session_{depth}"
+        savepoint = sql.Identifier(f"ome_session_{depth}")
         try:
             if depth:
                 with factory._connection.errors():
-                    dbh.execute(f"SAVEPOINT {savepoint}")
+                    dbh.execute(sql.SQL("SAVEPOINT {}").format(savepoint))
             yield self
         except BaseException:
             self._tx_depth = depth
@@ -363,14 +396,14 @@ class Session:
                 factory._cache.clear()
                 if factory._connection.usable:
                     with factory._connection.errors():
-                        dbh.execute(f"ROLLBACK TO SAVEPOINT {savepoint}")
+                        dbh.execute(sql.SQL("ROLLBACK TO SAVEPOINT {}").format(savepoint))
             elif factory._connection.usable:
                 factory.rollback_transaction()
             raise
         self._tx_depth = depth
         if depth:
             with factory._connection.errors():
-                dbh.execute(f"RELEASE SAVEPOINT {savepoint}")
+                dbh.execute(sql.SQL("RELEASE SAVEPOINT {}").format(savepoint))
         else:
             factory.commit_transaction()
 

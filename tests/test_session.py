@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -152,7 +153,10 @@ def test_delete_instance_warns_unless_forced_and_closes(people: People) -> None:
     with pytest.warns(UserWarning):
         Session.delete_instance()
     assert not Session.has_instance()
-    assert _count(people.dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", backend) == 0
+    deadline = time.monotonic() + 30
+    while _count(people.dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", backend):
+        assert time.monotonic() < deadline, "the closed session's backend is still there"
+        time.sleep(0.05)
     _login(people)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -256,3 +260,24 @@ def test_the_process_directory_of_a_dead_process_is_reaped_at_login(people: Peop
     Session._reaped_roots.discard(root)
     _login(people)
     assert not [p for p in root.iterdir() if p.name.startswith(f"{pid}-")]
+
+
+def test_interpreter_exit_rolls_back_and_closes_cleanly(people: People) -> None:
+    code = (
+        "import sys; from ome_session import SessionManager\n"
+        "s = SessionManager(sys.argv[1]).create_session('alice', 'alice-password')\n"
+        "s.factory.new_object('Project', name='left open')\n"
+        "print(s.factory.obtain_dbh().info.backend_pid)\n"
+    )
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code, people.dsn], capture_output=True, text=True, check=True)
+    backend = int(done.stdout.strip())
+    assert _count(people.dsn, "SELECT count(*) FROM projects") == 0
+    assert "Traceback" not in done.stderr
+    # The backend ends when the server has read the client's goodbye: poll, bounded.
+    deadline = time.monotonic() + 30
+    while _count(people.dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", backend):
+        assert time.monotonic() < deadline, "the backend of the exited process is still there"
+        time.sleep(0.05)
