@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -90,7 +91,7 @@ class Connection:
     @property
     def usable(self) -> bool:
         conn = self._own()
-        return conn is not None and not conn.closed and not conn.broken
+        return conn is not None and not conn.closed and not conn.broken and not _hung_up(conn)
 
     @property
     def in_transaction(self) -> bool:
@@ -101,10 +102,19 @@ class Connection:
         return conn.info.transaction_status != pq.TransactionStatus.IDLE
 
     def rollback(self) -> None:
-        """Roll back if a transaction is open; no round trip otherwise."""
-        if self._conn is not None and self.in_transaction and not self._conn.broken:
-            with self.errors():
-                self._conn.rollback()
+        """Roll back if a transaction is open; no round trip otherwise.
+
+        A connection found dead here took its transaction with it, which is all a rollback is
+        for: that is no error (the next use reconnects).
+        """
+        conn = self._conn
+        if conn is not None and self.in_transaction and not conn.broken:
+            try:
+                conn.rollback()
+            except psycopg.Error as exc:
+                if not (conn.closed or conn.broken):
+                    raise self._translate(exc, True) from exc
+                log.info("the connection died with its transaction before the rollback: %s", _first_line(exc))
 
     def commit(self) -> None:
         if self._conn is not None and self.in_transaction:
@@ -200,6 +210,26 @@ class Connection:
 
 # Connections inherited through fork, parked so that no close path of any kind runs on them.
 _INHERITED: list[psycopg.Connection[Any]] = []
+
+
+def _hung_up(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the server closed this connection while nothing was asked (a restart, a terminate).
+
+    Costs no round trip: with no statement in flight there is nothing to read unless the server
+    said goodbye, so a zero-timeout poll of the socket tells.
+    """
+    if conn.info.transaction_status == pq.TransactionStatus.ACTIVE:
+        return False
+    try:
+        poller = select.poll()  # not select(): it fails on descriptors above 1023
+        poller.register(conn.pgconn.socket, select.POLLIN)
+        for _ in range(3):  # a goodbye is a message (FATAL) and then the end of the stream
+            if not poller.poll(0):
+                return False
+            conn.pgconn.consume_input()  # raises at the end of the stream
+    except (OSError, psycopg.Error):
+        return True
+    return conn.pgconn.status == pq.ConnStatus.BAD
 
 
 def _first_line(exc: BaseException) -> str:

@@ -47,6 +47,9 @@ VARIABLES: dict[str, _Variable] = {
     "installed_version": _Variable(str, lambda: None, "the ome-session version that installed the database"),
 }
 
+# Timeouts beyond this (68 years) would overflow timestamp arithmetic and lock everybody out.
+_MAX_SECONDS = 2**31 - 1
+
 _SELECT_ALL = "SELECT name, value FROM configuration"
 _INSERT = "INSERT INTO configuration (name, value) VALUES (%s, %s)"
 _UPSERT = ("INSERT INTO configuration (name, value) VALUES (%s, %s) "
@@ -67,8 +70,11 @@ def _check(name: str, value: Any) -> Any:
     if not isinstance(value, variable.kind):
         kind = variable.kind.__name__ if isinstance(variable.kind, type) else variable.kind
         raise ConfigurationError(f"configuration {name!r} takes {kind}, not {type(value).__name__}")
-    if isinstance(value, int) and value < 0 and name in ("session_idle_timeout", "session_max_lifetime"):
-        raise ConfigurationError(f"configuration {name!r} must be 0 (no limit) or a positive number of seconds")
+    if name in ("session_idle_timeout", "session_max_lifetime") and isinstance(value, int) \
+            and not 0 <= value <= _MAX_SECONDS:
+        raise ConfigurationError(
+            f"configuration {name!r} must be 0 (no limit) or a number of seconds up to {_MAX_SECONDS}"
+        )
     return value
 
 
@@ -77,15 +83,20 @@ class Configuration:
 
     _preloaded: dict[str, Any] | None = None
     _preload_lock = threading.Lock()
+    _generation = 0  # bumped by flush(): every Factory's copy is then read again
 
     def __init__(self, factory: Factory) -> None:
         self._factory = factory
         self._values: dict[str, Any] | None = None
+        self._loaded_generation = -1
+        # Set when this Factory wrote values in its open transaction: a rollback must drop them.
+        self._uncommitted = False
 
     # -- reading ---------------------------------------------------------------------------------
 
     def _load(self) -> dict[str, Any]:
-        if self._values is None:
+        if self._values is None or self._loaded_generation != Configuration._generation:
+            self._loaded_generation = Configuration._generation
             preloaded = Configuration._preloaded
             self._values = dict(preloaded) if preloaded is not None else _read_all(self._factory)
         return self._values
@@ -182,8 +193,8 @@ class Configuration:
 
     @classmethod
     def _refresh(cls, factory: Factory) -> None:
-        if factory._configuration is not None:
-            factory._configuration._values = None
+        factory.configuration._values = None
+        factory.configuration._uncommitted = True
         with cls._preload_lock:
             if cls._preloaded is not None:
                 cls._preloaded = None
@@ -199,9 +210,16 @@ class Configuration:
 
     @classmethod
     def flush(cls) -> None:
-        """Forget the process cache; the next read goes to the database."""
+        """Forget every cached copy in this process; the next read of each goes to the database."""
         with cls._preload_lock:
             cls._preloaded = None
+            cls._generation += 1
+
+    def _end_of_transaction(self, committed: bool) -> None:
+        """Values written in a transaction that rolled back must not stay cached."""
+        if self._uncommitted and not committed:
+            self._values = None
+        self._uncommitted = False
 
 
 def _read_all(factory: Factory) -> dict[str, Any]:

@@ -60,12 +60,16 @@ class Factory:
     def commit_transaction(self) -> None:
         self._check_active()
         self._db.commit()
+        if self._configuration is not None:
+            self._configuration._end_of_transaction(committed=True)
 
     def rollback_transaction(self) -> None:
         """Roll back; objects loaded in the transaction are dropped from the identity cache."""
         self._check_active()
         self._cache.clear()
         self._db.rollback()
+        if self._configuration is not None:
+            self._configuration._end_of_transaction(committed=False)
 
     @property
     def in_transaction(self) -> bool:
@@ -86,6 +90,8 @@ class Factory:
         """Between requests: roll back (no round trip when nothing is open), drop the caches."""
         self._cache.clear()
         self._db.rollback()
+        if self._configuration is not None:
+            self._configuration._end_of_transaction(committed=False)
         self._idle = True
 
     def _revive(self) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from .. import _keys, _ldap, _passwords
 from .._connection import Connection
 from .._query import Acl
-from ..configuration import Configuration
+from ..configuration import VARIABLES, Configuration
 from ..errors import AuthenticationError, PermissionDenied, SessionKeyError
 from . import AuthBackend, Login
 
@@ -23,12 +23,26 @@ _BAD_LOGIN = "login failed: unknown user or wrong password"
 _BAD_KEY = "session key not accepted: it is unknown, expired or revoked; log in again"
 _MAX_FIELD = 4096  # longer user names or passwords are refused before hashing or SQL
 
+# The configuration that decides who may be in, read inside the very statement that decides:
+# a change (guest access withdrawn, a shorter timeout) counts at once in every running process,
+# at no extra round trip. Defaults come from configuration.VARIABLES as parameters.
+_CFG = """
+cfg AS (
+    SELECT coalesce((SELECT (value #>> '{}')::bigint FROM configuration
+                     WHERE name = 'session_idle_timeout'), %(idle_default)s) AS idle,
+           coalesce((SELECT (value #>> '{}')::bigint FROM configuration
+                     WHERE name = 'session_max_lifetime'), %(lifetime_default)s) AS lifetime,
+           coalesce((SELECT (value #>> '{}')::boolean FROM configuration
+                     WHERE name = 'allow_guest_access'), false) AS allow_guest,
+           (SELECT (value #>> '{}')::bigint FROM configuration WHERE name = 'super_user') AS super_user
+)"""
+
 # The columns a Login is built from, given a ``s`` row of ome_sessions and ``e`` of experimenters.
 # The ACL is computed here, with index lookups only: visible groups are the user's groups (map and
 # primary) and the groups he leads; visible users are himself and the members of groups he leads.
 _LOGIN_COLUMNS = """
     s.id, e.id, e.ome_name, e.group_id, s.started, s.last_access, s.expires_at, s.host, s.sudo_by,
-    e.is_admin, e.is_guest, us.project_id, us.dataset_id,
+    e.is_admin, e.is_guest, us.project_id, us.dataset_id, e.id = cfg.super_user,
     ARRAY(SELECT m.group_id FROM experimenter_group_map m WHERE m.experimenter_id = e.id
           UNION SELECT g.id FROM groups g WHERE g.leader_id = e.id
           UNION SELECT e.group_id WHERE e.group_id IS NOT NULL) AS acl_groups,
@@ -39,24 +53,27 @@ _LOGIN_COLUMNS = """
                 JOIN experimenters x ON x.group_id = g.id WHERE g.leader_id = e.id) AS acl_users
 """
 
-_FIND_USER = """
-SELECT id, password_hash, is_guest, active FROM experimenters WHERE ome_name = %s
+_FIND_USER = f"""
+WITH {_CFG}
+SELECT e.id, e.password_hash, e.is_guest, e.active, cfg.allow_guest
+FROM cfg LEFT JOIN experimenters e ON e.ome_name = %(name)s
 """
 
 _REHASH = "UPDATE experimenters SET password_hash = %s WHERE id = %s"
 
 _OPEN = f"""
-WITH s AS (
+WITH {_CFG}, s AS (
     INSERT INTO ome_sessions (key_digest, experimenter_id, host, agent, expires_at, sudo_by)
-    VALUES (%(digest)s, %(user_id)s, %(host)s, %(agent)s,
-            CASE WHEN %(lifetime)s > 0 THEN now() + %(lifetime)s * interval '1 second' END,
-            %(sudo_by)s)
+    SELECT %(digest)s, %(user_id)s, %(host)s, %(agent)s,
+           CASE WHEN cfg.lifetime > 0 THEN now() + cfg.lifetime * interval '1 second' END,
+           %(sudo_by)s
+    FROM cfg
     RETURNING *
 ), state AS (
     INSERT INTO user_states (experimenter_id) VALUES (%(user_id)s) ON CONFLICT DO NOTHING
 )
 SELECT {_LOGIN_COLUMNS}
-FROM s JOIN experimenters e ON e.id = s.experimenter_id
+FROM s JOIN experimenters e ON e.id = s.experimenter_id CROSS JOIN cfg
 LEFT JOIN user_states us ON us.experimenter_id = e.id
 """
 
@@ -65,17 +82,19 @@ LEFT JOIN user_states us ON us.experimenter_id = e.id
 _LIVE = """
     s.closed_at IS NULL
     AND (s.expires_at IS NULL OR s.expires_at > now())
-    AND (%(idle)s = 0 OR s.last_access > now() - %(idle)s * interval '1 second')
-    AND e.active AND (NOT e.is_guest OR %(allow_guest)s)
+    AND (cfg.idle = 0 OR s.last_access > now() - cfg.idle * interval '1 second')
+    AND e.active AND (NOT e.is_guest OR cfg.allow_guest)
 """
 
-# A key found dead is closed for good (raising the timeout later never revives it); a live one
-# has its idle expiry slid forward. last_access never moves backwards under concurrent resumes.
-_RESUME = f"""
-WITH hit AS (
+def _check_and_touch(which: str, returning: str) -> str:
+    """One statement that finds a session row, closes it for good if it is dead (raising a timeout
+    later never revives it), else slides its idle expiry; last_access never moves backwards under
+    concurrent use. ``which`` selects the row; ``returning`` is the final SELECT list."""
+    return f"""
+WITH {_CFG}, hit AS (
     SELECT s.id, ({_LIVE}) AS live
-    FROM ome_sessions s JOIN experimenters e ON e.id = s.experimenter_id
-    WHERE s.key_digest = %(digest)s
+    FROM ome_sessions s JOIN experimenters e ON e.id = s.experimenter_id CROSS JOIN cfg
+    WHERE {which}
 ), dead AS (
     UPDATE ome_sessions s SET closed_at = now()
     FROM hit WHERE s.id = hit.id AND NOT hit.live AND s.closed_at IS NULL
@@ -84,17 +103,16 @@ WITH hit AS (
     FROM hit WHERE s.id = hit.id AND hit.live
     RETURNING s.*
 )
-SELECT {_LOGIN_COLUMNS}
-FROM s JOIN experimenters e ON e.id = s.experimenter_id
+SELECT {returning}
+FROM s JOIN experimenters e ON e.id = s.experimenter_id CROSS JOIN cfg
 LEFT JOIN user_states us ON us.experimenter_id = e.id
 """
 
-_TOUCH = f"""
-UPDATE ome_sessions s SET last_access = greatest(s.last_access, clock_timestamp())
-FROM experimenters e
-WHERE s.id = %(session_id)s AND e.id = s.experimenter_id AND {_LIVE}
-RETURNING s.last_access
-"""
+
+_RESUME = _check_and_touch("s.key_digest = %(digest)s", _LOGIN_COLUMNS)
+_TOUCH = _check_and_touch("s.id = %(session_id)s", "s.last_access")
+
+_SUPER_USER = f"WITH {_CFG} SELECT super_user FROM cfg"
 
 _CLOSE = "UPDATE ome_sessions SET closed_at = now() WHERE id = %s AND closed_at IS NULL"
 
@@ -110,6 +128,12 @@ WHERE t.ome_name = %(target)s AND t.active AND (
         OR EXISTS (SELECT 1 FROM experimenter_group_map m
                    WHERE m.group_id = g.id AND m.experimenter_id = t.id))))
 """
+
+
+def _config_defaults() -> dict[str, Any]:
+    """The declared defaults the statements fall back on when a variable is not set."""
+    return {"idle_default": VARIABLES["session_idle_timeout"].default(),
+            "lifetime_default": VARIABLES["session_max_lifetime"].default()}
 
 
 class LocalBackend(AuthBackend):
@@ -131,8 +155,9 @@ class LocalBackend(AuthBackend):
             _passwords.verify_password(None, "")  # same cost as a real miss
             raise AuthenticationError(_BAD_LOGIN)
         with self._db.errors(), self._db.autocommit() as conn:
-            row = conn.execute(_FIND_USER, (username,)).fetchone()
-        user_id, stored_hash, is_guest, active = row if row else (None, None, False, False)
+            row = conn.execute(_FIND_USER, {"name": username, **_config_defaults()}).fetchone()
+        assert row is not None  # one row whether or not the user exists
+        user_id, stored_hash, is_guest, active, allow_guest = row
         ldap = self._config.ldap
         if ldap and not stored_hash and user_id is not None and active:
             # No local password: the directory decides, and a refusal is final (no fallback).
@@ -143,7 +168,7 @@ class LocalBackend(AuthBackend):
             ok, rehash = _passwords.verify_password(stored_hash, password)
         if not ok or not active or user_id is None:
             raise AuthenticationError(_BAD_LOGIN)
-        if is_guest and not self._config.allow_guest_access:
+        if is_guest and not allow_guest:
             raise AuthenticationError(_BAD_LOGIN + " (guest access is disabled)")
         if rehash:
             with self._db.errors(), self._db.autocommit() as conn:
@@ -153,11 +178,7 @@ class LocalBackend(AuthBackend):
 
     def resume(self, key: str) -> Login:
         key = self.validate_key(key)
-        params = {
-            "digest": _keys.digest(key),
-            "idle": self._config.session_idle_timeout,
-            "allow_guest": self._config.allow_guest_access,
-        }
+        params = {"digest": _keys.digest(key), **_config_defaults()}
         with self._db.errors(), self._db.autocommit() as conn:
             row = conn.execute(_RESUME, params).fetchone()
         if row is None:
@@ -165,11 +186,7 @@ class LocalBackend(AuthBackend):
         return self._login_from_row(key, row)
 
     def touch(self, login: Login) -> Login:
-        params = {
-            "session_id": login.extra["session_id"],
-            "idle": self._config.session_idle_timeout,
-            "allow_guest": self._config.allow_guest_access,
-        }
+        params = {"session_id": login.extra["session_id"], **_config_defaults()}
         with self._db.errors(), self._db.autocommit() as conn:
             row = conn.execute(_TOUCH, params).fetchone()
         if row is None:
@@ -196,7 +213,9 @@ class LocalBackend(AuthBackend):
         return self._open(row[0], host=host, agent=agent, sudo_by=actor.experimenter_id)
 
     def su(self, *, host: str | None, agent: str | None) -> Login:
-        super_user = self._config.super_user_id
+        with self._db.errors(), self._db.autocommit() as conn:
+            row = conn.execute(_SUPER_USER, _config_defaults()).fetchone()
+        super_user = row[0] if row else None
         if super_user is None:
             raise PermissionDenied("no super_user is configured: run `ome-session install` first")
         return self._open(super_user, host=host, agent=agent, sudo_by=None)
@@ -210,8 +229,8 @@ class LocalBackend(AuthBackend):
             "user_id": user_id,
             "host": host,
             "agent": agent,
-            "lifetime": self._config.session_max_lifetime,
             "sudo_by": sudo_by,
+            **_config_defaults(),
         }
         with self._db.errors(), self._db.autocommit() as conn:
             row = conn.execute(_OPEN, params).fetchone()
@@ -220,8 +239,8 @@ class LocalBackend(AuthBackend):
 
     def _login_from_row(self, key: str, row: tuple[Any, ...]) -> Login:
         (session_id, user_id, name, group_id, started, last_access, expires_at, host, sudo_by,
-         is_admin, is_guest, project_id, dataset_id, acl_groups, acl_users) = row
-        is_super = user_id == self._config.super_user_id
+         is_admin, is_guest, project_id, dataset_id, is_super, acl_groups, acl_users) = row
+        is_super = bool(is_super)
         acl = None if is_super else Acl(users=frozenset(acl_users), groups=frozenset(acl_groups))
         return Login(
             key=key, experimenter_id=user_id, user_name=name, group_id=group_id, started=started,

@@ -1,0 +1,1 @@
+"""Reliability and security cases: concurrency, database outages, crashes, fuzzing, secrets."""
