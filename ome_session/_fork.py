@@ -45,6 +45,11 @@ def after_fork_in_child() -> None:
         Session._inherited_dsn = factory._connection.dsn
         factory._idle = True
         factory._connection.detach_in_child()
+    # A remote backend (OMERO) says what a manager needs to reach its server again.
+    options = getattr(session._backend, "options", None)
+    Session._inherited_backend = None
+    if session._backend is not None and isinstance(options, dict):
+        Session._inherited_backend = (session._backend.name, dict(options))
     if session._backend is not None:
         session._backend.forget()
 

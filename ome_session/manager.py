@@ -131,7 +131,8 @@ class SessionManager:
 
         An active session of this process is returned as it is; an idle one (``Session.idle()``
         between a worker's tasks) is resumed with the inherited key, one round trip. A manager
-        made without a DSN uses the database the parent's session used.
+        made without a DSN uses the database the parent's session used; one made without options
+        the parent's remote backend (``SessionManager().reattach()`` rejoins its OMERO server).
         """
         current = _current()  # first: it also forgets a session inherited through fork
         key = Session._inherited_key
@@ -140,7 +141,11 @@ class SessionManager:
         if current is not None and not current.is_idle():
             return current
         manager = self
-        if self._dsn is None and Session._inherited_dsn is not None:
+        inherited = Session._inherited_backend  # a remote backend's options: its server, ...
+        if (inherited is not None and not self._options and self._host is None
+                and self._backend_name in (None, inherited[0])):
+            manager = SessionManager(backend=inherited[0], agent=self._agent, **inherited[1])
+        elif self._dsn is None and Session._inherited_dsn is not None:
             manager = SessionManager(Session._inherited_dsn, backend=self._backend_name, agent=self._agent,
                                      host=self._host, **self._options)
         return manager.create_session(key=key)
@@ -215,15 +220,22 @@ class SessionManager:
         return session
 
 
+    def _remote_options(self) -> dict[str, Any]:
+        """A remote backend's options; ``host=`` names its server (not where the login comes from)."""
+        options = dict(self._options)
+        if self._host is not None:
+            options.setdefault("host", self._host)
+        return options
+
     def _remote_backend(self, current: Session | None) -> AuthBackend:
         """The backend of a remote server; a worker's session keeps one (and its connection)."""
         if current is not None and current._backend is not None and current._backend.serves(
-                self._backend_name or "", self._options):
+                self._backend_name or "", self._remote_options()):
             return current._backend
         if self._backend_name == "omero":
             from .backends.omero import OmeroBackend
 
-            return OmeroBackend(**self._options)
+            return OmeroBackend(**self._remote_options())
         raise ConfigurationError(f"unknown session backend {self._backend_name!r}; use 'local' or 'omero'")
 
     def _bind_remote(self, authenticate: Callable[[AuthBackend], Login]) -> Session:
