@@ -235,6 +235,9 @@ class SessionManager:
         if self._backend_name == "omero":
             from .backends.omero import OmeroBackend
 
+            if "host" not in self._remote_options():
+                raise ConfigurationError("the OMERO backend needs its server: SessionManager(backend='omero', "
+                                         "host=..., port=...)")
             return OmeroBackend(**self._remote_options())
         raise ConfigurationError(f"unknown session backend {self._backend_name!r}; use 'local' or 'omero'")
 
