@@ -110,7 +110,11 @@ class Connection:
         conn = self._conn
         if conn is not None and self.in_transaction and not conn.broken:
             try:
-                conn.rollback()
+                # Sent as a statement, not conn.rollback(): psycopg's rollback() also drops every
+                # prepared statement, so the resume statement would be planned again after each
+                # request that idles with a transaction open. Named statements live in the
+                # server session, outside transactions, so they stay valid after a ROLLBACK.
+                conn.execute(_ROLLBACK, prepare=False)
             except psycopg.Error as exc:
                 if not (conn.closed or conn.broken):
                     raise self._translate(exc, True) from exc
@@ -207,6 +211,8 @@ class Connection:
             return IntegrityError(_first_line(exc), sqlstate)
         return DatabaseError(_first_line(exc), sqlstate)
 
+
+_ROLLBACK = "ROLLBACK"
 
 # Connections inherited through fork, parked so that no close path of any kind runs on them.
 _INHERITED: list[psycopg.Connection[Any]] = []

@@ -20,8 +20,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from filelock import FileLock
-
 from ome_session.errors import ConfigurationError
 
 __all__ = ["TempFiles", "default_root", "reap"]
@@ -307,6 +305,8 @@ def reap(root: Path | None = None) -> list[Path]:
         return []
     _check_private_dir(root, "temporary-file root")
     removed: list[Path] = []
+    from filelock import FileLock  # only reaping locks: keep `import ome_session` light
+
     with FileLock(root / ".reap.lock", mode=0o600):
         with os.scandir(root) as entries:
             candidates = [

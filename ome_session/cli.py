@@ -4,6 +4,8 @@ It follows ``omero login`` and ``omero sessions``: ``ome-session login alice@loc
 ``whoami``, ``sessions list``, ``logout``. The key store ($OME_SESSIONDIR) keeps keys, never
 passwords. With the local backend SERVER is only a label for the configured database: --dsn,
 else OME_SESSION_DSN, else the settings file the installer wrote, else the embedded cluster.
+With ``--backend omero`` (or $OME_SESSION_BACKEND, or the settings file's ``backend``) SERVER is
+an OMERO.server and the sessions live in the omero CLI's own store (see ``_cli_omero``).
 
 Exit codes (also in ``--help``):
   0  success
@@ -21,6 +23,7 @@ import argparse
 import dataclasses
 import datetime
 import getpass
+import json
 import logging
 import os
 import sys
@@ -64,6 +67,10 @@ _CODES: tuple[tuple[type[BaseException], int], ...] = (
     (OSError, 4),  # a file or directory we need (key store, temporary files) is unusable
 )
 _PASSWORD_ENV = "OME_SESSION_PASSWORD"
+_BACKEND_ENV = "OME_SESSION_BACKEND"
+_BACKENDS = ("local", "omero")
+_BACKEND_COMMANDS = ("login", "logout", "whoami", "sessions")  # the commands --backend applies to
+_OMERO_ARGS_ENV = "OME_SESSION_OMERO_ARGS"  # Ice arguments for each omero.client, shell-quoted
 _DATE = "%a %b %d %H:%M:%S %Y"  # as `omero sessions list` shows it
 
 Handler = Callable[["_Context"], int]
@@ -78,7 +85,13 @@ class _Exit(Exception):
 
 
 class _Context:
-    """What every command needs, made on first use: a command that needs no database makes none."""
+    """What every command needs, made on first use: a command that needs no database makes none.
+
+    This is the local backend's; ``_cli_omero.OmeroContext`` overrides the store and how a
+    stored entry is resumed, so the commands that only do that serve both backends.
+    """
+
+    remote = False  # whether stored entries may belong to several servers
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -86,10 +99,13 @@ class _Context:
         self._manager: SessionManager | None = None
         self._store: KeyStore | None = None
 
+    def run(self, handler: Handler) -> int:
+        return handler(self)
+
     @property
     def manager(self) -> SessionManager:
-        if self._manager is None:
-            self._manager = SessionManager(self.dsn, agent="ome-session")
+        if self._manager is None:  # "local" said outright: the settings file's backend is not ours
+            self._manager = SessionManager(self.dsn, backend="local", agent="ome-session")
         return self._manager
 
     @property
@@ -106,6 +122,13 @@ class _Context:
         """Whether a stored key was made by the database (and backend) this run uses."""
         return _tty.same_database(entry, self.database, self.manager.settings.backend)
 
+    def resume(self, entry: StoredSession) -> Session:
+        """The stored entry's session, resumed; ``SessionKeyError`` if it has ended."""
+        return self.manager.create_session(key=entry.key)
+
+    def logout(self, session: Session) -> None:
+        self.manager.logout(session)
+
     def current(self) -> tuple[Session, StoredSession]:
         """The current stored session, resumed; ``NoSessionError`` saying why when there is none."""
         entry = self.store.current()
@@ -117,7 +140,7 @@ class _Context:
                                  f"{entry.extra.get(_tty.DATABASE_FIELD)}, not {self.database}: "
                                  "log in again, or pass the --dsn it was made with")
         try:
-            return self.manager.create_session(key=entry.key), entry
+            return self.resume(entry), entry
         except SessionKeyError:
             raise NoSessionError(f"not logged in: the session of {where} has expired or was "
                                  "logged out; run `ome-session login`") from None
@@ -161,8 +184,12 @@ def _cmd_db(ctx: _Context) -> int:
 # -- login and logout -----------------------------------------------------------------------------
 
 
-def _target(a: argparse.Namespace, store: KeyStore) -> tuple[str, int | None, str | None]:
-    """Server label, port and user from ``[USER@]SERVER[:PORT]``, -s, -p and -u."""
+def _parse_target(a: argparse.Namespace) -> tuple[str | None, int | None, str | None]:
+    """Server, port and user from ``[USER@]SERVER[:PORT]``, -s, -p and -u (None: not given).
+
+    The port is the text after the last colon when that is all digits, so ``tcp://host:4064``
+    is server ``tcp://host``, port 4064.
+    """
     user, server, port = a.user, a.server, a.port
     if a.connection:
         if server is not None:
@@ -181,6 +208,12 @@ def _target(a: argparse.Namespace, store: KeyStore) -> tuple[str, int | None, st
             port = int(tail)
     if port is not None and not 0 < port < 65536:
         raise ValueError(f"port must be from 1 to 65535, not {port}")
+    return server, port, user
+
+
+def _target(a: argparse.Namespace, store: KeyStore) -> tuple[str, int | None, str | None]:
+    """Server label (default: localhost), port and user, checked against the key store."""
+    server, port, user = _parse_target(a)
     server = server or _tty.DEFAULT_SERVER
     # Refuse names the key store cannot hold before anything happens in the database.
     store.file_for(StoredSession(server=server, user=user or "-", key="0" * 32, port=port))
@@ -202,7 +235,12 @@ def _password_login(ctx: _Context, user: str, sudo: str | None) -> Session:
         finally:  # the admin's own session was only a means: it is never stored, so close it
             _maintenance.revoke_key(Session.instance(), admin_key)
 
-    password = ctx.args.password if ctx.args.password is not None else os.environ.get(_PASSWORD_ENV) or None
+    return _with_password(ctx.args, authenticate, sudo)
+
+
+def _with_password(a: argparse.Namespace, authenticate: Callable[[str], Session], sudo: str | None) -> Session:
+    """``authenticate`` with -w, else $OME_SESSION_PASSWORD, else up to 3 passwords typed on the terminal."""
+    password = a.password if a.password is not None else os.environ.get(_PASSWORD_ENV) or None
     if password is not None:
         return authenticate(password)
     if not sys.stdin.isatty():
@@ -215,6 +253,8 @@ def _cmd_login(ctx: _Context) -> int:
     a = ctx.args
     if a.key is not None and (a.password is not None or a.sudo):
         raise ValueError("-k joins an existing session: it takes no password and no --sudo")
+    if a.insecure:
+        raise ValueError("--insecure is for OMERO servers (--backend omero)")
     store = ctx.store
     server, port, user = _target(a, store)
     current = store.current()  # also refuses an unsafe key store before the database is touched
@@ -277,7 +317,7 @@ def _cmd_logout(ctx: _Context) -> int:
         ctx.store.remove(entry)
         print(f"{what} had already ended; removed it from the key store")
         return 0
-    ctx.manager.logout(session)
+    ctx.logout(session)
     ctx.store.remove(entry)
     print(f"Logged out {what}")
     return 0
@@ -314,7 +354,9 @@ def _check_entries(ctx: _Context, *, purge: bool) -> list[_Checked]:
     """Each stored entry, its key tried if it belongs to this database; dead ones removed if ``purge``.
 
     Trying a key touches it (as any use does); a dead key is closed for good, so removing its
-    entry loses nothing. Keys of another database are not ours to judge and stay.
+    entry loses nothing. Keys of another database are not ours to judge and stay, and so do
+    the keys of a remote server that cannot be reached now (the one database is another matter:
+    down, it fails the command).
     """
     checked: list[_Checked] = []
     current = ctx.store.current()
@@ -323,11 +365,17 @@ def _check_entries(ctx: _Context, *, purge: bool) -> list[_Checked]:
             checked.append(_Checked(entry, "?"))
             continue
         try:
-            session = ctx.manager.create_session(key=entry.key)
+            session = ctx.resume(entry)
         except SessionKeyError:
             if purge:
                 ctx.store.remove(entry)
             checked.append(_Checked(entry, "False (removed)" if purge else "False"))
+            continue
+        except DatabaseUnavailable as exc:
+            if not ctx.remote:
+                raise
+            print(f"ome-session: warning: {_one_line(exc)}", file=sys.stderr)
+            checked.append(_Checked(entry, "? (unreachable)"))
             continue
         active = "Logged in" if current is not None and current.key == entry.key else "True"
         checked.append(_Checked(entry, active, _when(session.started)))
@@ -367,7 +415,7 @@ def _cmd_sessions_clear(ctx: _Context) -> int:
     for entry in ctx.store.list():
         if ctx.ours(entry):
             try:
-                ctx.manager.logout(ctx.manager.create_session(key=entry.key))
+                ctx.logout(ctx.resume(entry))
                 closed += 1
             except SessionKeyError:
                 pass
@@ -513,24 +561,33 @@ def _add_login_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-k", "--key", help="join the existing session with this key")
     p.add_argument("--sudo", metavar="ADMIN", help="log in as ADMIN (an admin or group leader), then act as USER")
     p.add_argument("-g", "--group", help="switch to this group (make it the primary group)")
+    p.add_argument("--insecure", action="store_true", help="OMERO: after logging in, use the server's "
+                   "unencrypted router (as omero-py's secure=False)")
     p.set_defaults(handler=_cmd_login)
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--dsn", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    with_backend = argparse.ArgumentParser(add_help=False, parents=[common])
+    with_backend.add_argument("--backend", choices=_BACKENDS, default=argparse.SUPPRESS,
+                              help="local (the database) or omero (an OMERO.server); see `ome-session --help`")
     parser = argparse.ArgumentParser(
         prog="ome-session", description="Install ome-session, log in and out, and manage sessions.",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dsn", help="PostgreSQL connection string (default: $OME_SESSION_DSN, the "
                         "installer's settings file, then the embedded cluster)")
+    parser.add_argument("--backend", choices=_BACKENDS, help="where logins are checked, for login, logout, "
+                        f"whoami and sessions: local (the database, the default) or omero (an OMERO.server; "
+                        f"Ice arguments in {_OMERO_ARGS_ENV}); default: ${_BACKEND_ENV}, then the settings file")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more, and show tracebacks")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str, text: str,
-                handler: Handler | None = None) -> argparse.ArgumentParser:
-        p = parent.add_parser(name, help=text, description=text, parents=[common], epilog=EXIT_CODES,
+                handler: Handler | None = None, *, backend: bool = False) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=text, description=text, epilog=EXIT_CODES,
+                              parents=[with_backend if backend else common],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
         if handler is not None:
             p.set_defaults(handler=handler)
@@ -543,29 +600,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-guest", action="store_true", help="let guest accounts log in")
     p = command(sub, "db", "start, stop or show the embedded PostgreSQL cluster", _cmd_db)
     p.add_argument("action", choices=["start", "stop", "status"])
-    _add_login_arguments(command(sub, "login", "log in, or join a stored session"))
-    command(sub, "logout", "close the current session and forget its key", _cmd_logout)
-    command(sub, "whoami", "show who the current session is", _cmd_whoami)
+    _add_login_arguments(command(sub, "login", "log in, or join a stored session", backend=True))
+    command(sub, "logout", "close the current session and forget its key", _cmd_logout, backend=True)
+    command(sub, "whoami", "show who the current session is", _cmd_whoami, backend=True)
 
-    sessions = command(sub, "sessions", "manage stored sessions")
+    sessions = command(sub, "sessions", "manage stored sessions", backend=True)
     ssub = sessions.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
-    _add_login_arguments(command(ssub, "login", "the same as `ome-session login`"))
-    command(ssub, "logout", "the same as `ome-session logout`", _cmd_logout)
-    p = command(ssub, "list", "list stored sessions, checking each (dead ones are removed)", _cmd_sessions_list)
+
+    def scommand(name: str, text: str, handler: Handler | None = None) -> argparse.ArgumentParser:
+        return command(ssub, name, text, handler, backend=True)
+
+    _add_login_arguments(scommand("login", "the same as `ome-session login`"))
+    scommand("logout", "the same as `ome-session logout`", _cmd_logout)
+    p = scommand("list", "list stored sessions, checking each (dead ones are removed)", _cmd_sessions_list)
     p.add_argument("--no-purge", action="store_true", help="keep sessions found dead in the store")
-    command(ssub, "file", "print the path of the current session's entry", _cmd_sessions_file)
-    command(ssub, "key", "print the current session key", _cmd_sessions_key)
-    p = command(ssub, "clear", "remove dead sessions from the store", _cmd_sessions_clear)
+    scommand("file", "print the path of the current session's entry", _cmd_sessions_file)
+    scommand("key", "print the current session key", _cmd_sessions_key)
+    p = scommand("clear", "remove dead sessions from the store", _cmd_sessions_clear)
     p.add_argument("--all", action="store_true", help="close and remove every stored session")
-    p = command(ssub, "purge", "delete closed and expired session rows (admins only)", _cmd_sessions_purge)
+    p = scommand("purge", "delete closed and expired session rows (admins only)", _cmd_sessions_purge)
     p.add_argument("--batch", type=_positive(int), default=_maintenance.DEFAULT_BATCH,
                    help=f"rows per committed batch (default: {_maintenance.DEFAULT_BATCH})")
-    p = command(ssub, "keepalive", "keep the current session alive", _cmd_sessions_keepalive)
+    p = scommand("keepalive", "keep the current session alive", _cmd_sessions_keepalive)
     p.add_argument("-f", "--frequency", type=_positive(float), metavar="SECONDS",
                    help="repeat every SECONDS until interrupted")
-    p = command(ssub, "group", "switch the primary group (new objects go there)", _cmd_sessions_group)
+    p = scommand("group", "switch the primary group (new objects go there)", _cmd_sessions_group)
     p.add_argument("group", help="group name or id")
-    p = command(ssub, "timeout", "show the idle timeout and time left; set it (super user)", _cmd_sessions_timeout)
+    p = scommand("timeout", "show the idle timeout and time left; set it (super user)", _cmd_sessions_timeout)
     p.add_argument("seconds", nargs="?", type=_non_negative, help="new session_idle_timeout (0: none)")
 
     tmp = command(sub, "tmp", "temporary files of sessions")
@@ -588,6 +649,43 @@ def exit_code(exc: BaseException) -> int | None:
     return next((code for kind, code in _CODES if isinstance(exc, kind)), None)
 
 
+def _backend(args: argparse.Namespace) -> str:
+    """--backend, else $OME_SESSION_BACKEND, else the settings file's ``backend``, else local."""
+    if args.command not in _BACKEND_COMMANDS:
+        return "local"
+    chosen = args.backend or os.environ.get(_BACKEND_ENV)
+    if chosen is None:
+        return _settings_backend() or "local"
+    if chosen not in _BACKENDS:
+        raise ValueError(f"{_BACKEND_ENV} must be one of {', '.join(_BACKENDS)}, not {chosen!r}")
+    return chosen
+
+
+def _settings_backend() -> str | None:
+    """The ``backend`` of the settings file, if there is one that says; an unreadable file is
+    left to the database lookup, which explains what is wrong with it."""
+    from ._settings import SYSTEM_SETTINGS, settings_path
+
+    path = next((p for p in (settings_path(), SYSTEM_SETTINGS) if p.exists()), None)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path is not None else None
+    except (OSError, ValueError):
+        return None
+    chosen = data.get("backend") if isinstance(data, dict) else None
+    if chosen is not None and chosen not in _BACKENDS:
+        raise ConfigurationError(f"settings file {path}: backend must be one of {', '.join(_BACKENDS)}, "
+                                 f"not {chosen!r}")
+    return chosen
+
+
+def _context(args: argparse.Namespace) -> _Context:
+    if _backend(args) == "omero":
+        from . import _cli_omero  # only now: it needs the [omero] extra
+
+        return _cli_omero.OmeroContext(args)
+    return _Context(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit code (the console script passes it to ``sys.exit``)."""
     args = build_parser().parse_args(argv)
@@ -595,7 +693,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler.setFormatter(_Formatter())
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     try:
-        return int(args.handler(_Context(args)))
+        return int(_context(args).run(args.handler))
     except _Exit as exc:
         print(f"ome-session: error: {exc}", file=sys.stderr)
         return exc.code

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import inspect
 import logging
 import os
 import threading
@@ -93,6 +92,8 @@ class Session:
             return session
         session = cls._own_instance()
         if session is None:
+            import inspect  # only on this error path: keep `import ome_session` light
+
             caller = inspect.stack(context=0)[1]
             raise NoSessionError(
                 f"no session in this process (asked by {caller.function} at {caller.filename}:"

@@ -70,3 +70,24 @@ def test_idle_without_an_open_transaction_costs_no_round_trip(people: People, st
     statement_log.mark()
     Session.idle()
     assert statement_log.statements(backend) == ["ROLLBACK"]
+
+
+def test_a_resume_soon_after_the_last_one_writes_nothing(people: People) -> None:
+    manager = SessionManager(people.dsn)
+    key = manager.create_session("alice", "alice-password").session_key
+
+    def row_version() -> tuple:
+        with psycopg.connect(people.dsn) as conn:
+            return conn.execute("SELECT xmin::text, last_access FROM ome_sessions").fetchone()
+
+    before = row_version()
+    for _ in range(3):
+        Session.idle()
+        manager.create_session(key=key)
+    assert row_version() == before  # no new row version: no write, no WAL flush per request
+    with psycopg.connect(people.dsn, autocommit=True) as conn:
+        conn.execute("UPDATE ome_sessions SET last_access = last_access - interval '5 minutes'")
+    aged = row_version()
+    Session.idle()
+    manager.create_session(key=key)
+    assert row_version()[1] > aged[1]  # a stale last_access is slid forward

@@ -59,6 +59,7 @@ from ._omero_keepalive import KeepAlive
 from .local import _BAD_LOGIN, _plausible
 
 if TYPE_CHECKING:
+    from .._maintenance import GroupInfo
     from ..keystore import OmeroSessionStore, StoredSession
     from ..session import Session
 
@@ -382,6 +383,22 @@ class OmeroBackend(AuthBackend):
             gateway._ctx = None  # its cached event context names the old group
             gateway.SERVICE_OPTS.setOmeroGroup(gid)
         return gid
+
+    def groups(self, login: Login) -> list[GroupInfo]:
+        """The user's groups as the server has them now (two calls): ``current`` is the session's
+        group, ``leads`` the groups the user owns. For ``whoami`` and the stored group name."""
+        from .._maintenance import GroupInfo
+
+        self._check_pid()
+        self._client_of(login)  # refuses a released or ended login before any call
+        with _ending(login), self._remote("list the user's groups"):
+            admin = login.extra["admin"]
+            context = admin.getEventContext()
+            contained = admin.containedGroups(login.experimenter_id)
+        current = login.extra.get("session_group_id", context.groupId)
+        leads = set(context.leaderOfGroups or ())
+        return [GroupInfo(gid, unwrap(g.getName()), gid == current, gid in leads)
+                for g in contained for gid in (unwrap(g.getId()),)]
 
     # -- helpers ---------------------------------------------------------------------------------
 
