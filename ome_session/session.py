@@ -40,16 +40,42 @@ _NOT_PUBLIC = (
 )
 
 
-class Session:
+# The singleton and this process's pid, where Session.instance() reads them with the fewest
+# lookups: it is called everywhere, often in loops. Written only through Session._instance and
+# Session._process_pid (the at-fork hook keeps the pid current, so no getpid() call is needed).
+_current: list[Any] = [None, os.getpid()]
+
+
+class _SessionType(type):
+    """Session's metaclass: ``Session._instance`` and ``_process_pid`` live in ``_current``."""
+
+    @property
+    def _instance(cls) -> Session | None:
+        session: Session | None = _current[0]
+        return session
+
+    @_instance.setter
+    def _instance(cls, session: Session | None) -> None:
+        _current[0] = session
+
+    @property
+    def _process_pid(cls) -> int:
+        pid: int = _current[1]
+        return pid
+
+    @_process_pid.setter
+    def _process_pid(cls, pid: int) -> None:
+        _current[1] = pid
+
+
+class Session(metaclass=_SessionType):
     """The logged-in session of this process. See the module docstring for how one is made."""
 
-    _instance: ClassVar[Session | None] = None
     _lock: ClassVar[threading.RLock] = threading.RLock()
     _inherited_key: ClassVar[str | None] = None  # the parent's key, for reattach() in a child
     _inherited_dsn: ClassVar[str | None] = None  # and the database that key lives in
     _inherited_backend: ClassVar[tuple[str, dict[str, Any]] | None] = None  # or the remote backend's options
     _reaped_roots: ClassVar[set[Path]] = set()
-    _process_pid: ClassVar[int] = os.getpid()  # kept current by the at-fork hook
 
     _factory: Factory | None
     _backend: AuthBackend | None
@@ -81,16 +107,16 @@ class Session:
 
     # -- the singleton ---------------------------------------------------------------------------
 
-    @classmethod
-    def instance(cls) -> Session:
+    @staticmethod
+    def instance() -> Session:
         """This process's session; ``NoSessionError`` (naming the caller) when there is none."""
-        session = cls._instance
+        session = _current[0]
         # The hot path: the pid the at-fork hook keeps up to date, instead of a getpid() system
         # call on every access. Forks the hook cannot see are caught by _own_instance() below and,
         # in any case, by the connection's own pid check before a byte reaches the database.
-        if session is not None and session._pid == cls._process_pid:
-            return session
-        session = cls._own_instance()
+        if session is not None and session._pid == _current[1]:
+            return session  # type: ignore[no-any-return]
+        session = Session._own_instance()
         if session is None:
             import inspect  # only on this error path: keep `import ome_session` light
 
