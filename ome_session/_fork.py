@@ -43,6 +43,8 @@ def after_fork_in_child() -> None:
     factory = session._factory
     if factory is not None:
         Session._inherited_dsn = factory._connection.dsn
+        Session._inherited_options = {"connect_timeout": factory._connection.connect_timeout,
+                                      "prepare_threshold": factory._connection.prepare_threshold}
         factory._idle = True
         factory._connection.detach_in_child()
     # A remote backend (OMERO) says what a manager needs to reach its server again.

@@ -67,7 +67,11 @@ def resolve_dsn(dsn: str | None = None) -> Settings:
         return Settings(dsn=dsn, source="argument")
     env = os.environ.get("OME_SESSION_DSN")
     if env:
-        return Settings(dsn=env, source="OME_SESSION_DSN")
+        settings = Settings(dsn=env, source="OME_SESSION_DSN")
+        prepare = os.environ.get("OME_SESSION_PREPARE_THRESHOLD")
+        if prepare is not None:  # "off" behind pgbouncer in transaction mode
+            settings.prepare_threshold = _prepare_threshold(prepare)
+        return settings
     for path in (settings_path(), SYSTEM_SETTINGS):
         if path.exists():
             return _from_file(path)
@@ -144,6 +148,19 @@ def write_settings(settings: Settings, path: Path | None = None) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _prepare_threshold(value: str) -> int | None:
+    if value.strip().lower() in ("off", "none", "null", ""):
+        return None
+    try:
+        threshold = int(value)
+    except ValueError:
+        threshold = -1
+    if threshold < 0:
+        raise ConfigurationError(
+            f"OME_SESSION_PREPARE_THRESHOLD must be 'off' or a non-negative integer, not {value!r}")
+    return threshold
 
 
 def _has_password(dsn: str) -> bool:

@@ -147,7 +147,7 @@ class SessionManager:
             manager = SessionManager(backend=inherited[0], agent=self._agent, **inherited[1])
         elif self._dsn is None and Session._inherited_dsn is not None:
             manager = SessionManager(Session._inherited_dsn, backend=self._backend_name, agent=self._agent,
-                                     host=self._host, **self._options)
+                                     host=self._host, **{**Session._inherited_options, **self._options})
         return manager.create_session(key=key)
 
     def tty_login(self, *, server: str = "localhost", user: str | None = None, store: KeyStore | None = None,

@@ -74,6 +74,7 @@ class Session(metaclass=_SessionType):
     _lock: ClassVar[threading.RLock] = threading.RLock()
     _inherited_key: ClassVar[str | None] = None  # the parent's key, for reattach() in a child
     _inherited_dsn: ClassVar[str | None] = None  # and the database that key lives in
+    _inherited_options: ClassVar[dict[str, Any]] = {}  # and how it was reached (timeouts, prepare)
     _inherited_backend: ClassVar[tuple[str, dict[str, Any]] | None] = None  # or the remote backend's options
     _reaped_roots: ClassVar[set[Path]] = set()
 

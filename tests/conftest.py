@@ -52,7 +52,7 @@ def db_dsn(pg_cluster: Cluster) -> Iterator[str]:
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Nothing of the developer's own setup leaks in, and no session leaks out."""
     for name in ("OME_SESSION_DSN", "OME_SESSION_PASSWORD", "OME_SESSION_ADMIN_PASSWORD", "OMERO_SESSIONDIR",
-                 "OME_SESSION_BACKEND", "OME_SESSION_OMERO_ARGS"):
+                 "OME_SESSION_BACKEND", "OME_SESSION_OMERO_ARGS", "OME_SESSION_PREPARE_THRESHOLD"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OME_SESSION_CONFIG", str(tmp_path / "config" / "settings.json"))
     monkeypatch.setenv("OME_SESSIONDIR", str(tmp_path / "sessions"))
