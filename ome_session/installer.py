@@ -73,7 +73,7 @@ def install(dsn: str | None = None, *, admin: str | None = None, admin_password:
     except BaseException:
         Session.delete_instance(force=True)
         raise
-    path = _write_settings(settings, dsn, report)
+    path = _write_settings(settings, report)
     report("done")
     return InstallResult(settings, path, applied, wrote, created, admin_id)
 
@@ -139,7 +139,7 @@ def _admin_password(name: str) -> str:
     raise SessionError("no admin password given")
 
 
-def _write_settings(settings: Settings, dsn: str | None, report: Report) -> Path:
+def _write_settings(settings: Settings, report: Report) -> Path:
     path = settings_path()
     if settings.source.startswith("settings file"):
         report(f"settings: {path} kept")
