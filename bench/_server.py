@@ -1,6 +1,7 @@
 """The benchmark's own PostgreSQL server, and counting statements on it from the server's side.
 
-The server is a private cluster in a temporary directory, removed at the end whatever happens.
+The server is a private cluster in a temporary directory, removed at the end whatever happens
+(the tests' throwaway cluster, ``tests.helpers.ThrowawayCluster``).
 It keeps PostgreSQL's durability defaults (fsync and synchronous_commit on), because that is
 what an installation runs with; a measurement that wants otherwise sets it per connection.
 
@@ -11,10 +12,7 @@ trip the client waited for. Timing passes never run with logging on.
 
 from __future__ import annotations
 
-import atexit
-import os
 import re
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,7 +24,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from ome_session._cluster import Cluster
+from tests.helpers import ThrowawayCluster
 
 # Every log line starts with the application name and the backend pid, so one connection's
 # statements can be picked out of the shared server log.
@@ -44,24 +42,15 @@ class BenchServer:
             "max_connections": "100",
             "log_checkpoints": "off",
         }
-        self.cluster = Cluster(root / "cluster", server_options=options)
-        self._owner = os.getpid()
-        self._stopped = False
+        self._server = ThrowawayCluster(root / "cluster", **options)
+        self.cluster = self._server.cluster
 
     def start(self) -> None:
-        atexit.register(self.stop)
-        self.cluster.start(timeout=120)
+        self._server.start(timeout=120)
 
     def stop(self) -> None:
         """Stop the server and remove its directory (only in the process that started it)."""
-        if self._stopped or os.getpid() != self._owner:
-            return
-        self._stopped = True
-        try:
-            self.cluster.destroy()
-        finally:
-            shutil.rmtree(self.cluster.datadir, ignore_errors=True)
-            atexit.unregister(self.stop)
+        self._server.remove()
 
     def dsn(self, dbname: str = "postgres", **params: Any) -> str:
         return make_conninfo(self.cluster.dsn(dbname), **params)

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+
+from tests.helpers import free_port
 
 from ._context import Context
 from ._results import Row
@@ -118,17 +119,11 @@ def _loadgen_choice(ctx: Context) -> str:
     return str(choice)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def _gunicorn(ctx: Context, app: str, key: str, dsn: str, *, tag: str = "",
               env: dict[str, str] | None = None) -> Iterator[int]:
     """A gunicorn master with 2 sync workers serving ``app``; stopped (by its pid) on exit."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(_PROJECT), "OME_SESSION_DSN": dsn, "BENCH_BARE_DSN": dsn,
            **(env or {})}
     log = (ctx.root / f"gunicorn-{port}{tag}.log").open("wb")

@@ -1,6 +1,6 @@
 """Shared fixtures: one real PostgreSQL server per test run, a fresh database per test.
 
-The server is started by the tests themselves (see ``_pgserver``) and removed afterwards. Each
+The server is started by the tests themselves (see ``helpers.throwaway_cluster``) and removed afterwards. Each
 test gets its own database cloned from a migrated template, its own temporary directory root,
 settings file and key store, and leaves no session behind.
 """
@@ -11,16 +11,15 @@ import itertools
 import os
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
 
-from ome_session import Configuration, Session, _migrations, _passwords
+from ome_session import Configuration, Session, _migrations
 from ome_session._cluster import Cluster
-from tests._pgserver import throwaway_cluster
+from tests.helpers import People, ServerLog, password, password_hash, throwaway_cluster
 
 TEMPLATE = "ome_template"
 _counter = itertools.count()
@@ -65,28 +64,6 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
     Configuration.flush()
 
 
-@dataclass
-class People:
-    """Users of a small lab, for login tests. Every password is ``<name>-password``."""
-
-    dsn: str
-    ids: dict[str, int]
-    groups: dict[str, int]
-
-    @staticmethod
-    def password(name: str) -> str:
-        return f"{name}-password"
-
-
-_HASHES: dict[str, str] = {}
-
-
-def _hash(name: str) -> str:
-    if name not in _HASHES:
-        _HASHES[name] = _passwords.hash_password(People.password(name))
-    return _HASHES[name]
-
-
 @pytest.fixture
 def people(db_dsn: str, tmp_path: Path) -> People:
     """root (super user, admin), alice and bob (lab_a, led by lena), carol (lab_b), a guest."""
@@ -107,7 +84,7 @@ def people(db_dsn: str, tmp_path: Path) -> People:
             ids[name] = conn.execute(
                 "INSERT INTO experimenters (ome_name, first_name, last_name, password_hash, group_id,"
                 " is_admin, is_guest) VALUES (%s, %s, 'Tester', %s, %s, %s, %s) RETURNING id",
-                (name, name.title(), _hash(name), groups[str(props["group"])],
+                (name, name.title(), password_hash(password(name)), groups[str(props["group"])],
                  bool(props.get("is_admin")), bool(props.get("is_guest"))),
             ).fetchone()[0]
             conn.execute("INSERT INTO experimenter_group_map VALUES (%s, %s)", (ids[name], groups[str(props["group"])]))
@@ -116,3 +93,9 @@ def people(db_dsn: str, tmp_path: Path) -> People:
         for name, value in (("super_user", ids["root"]), ("tmp_dir", str(tmp_path / "tmp"))):
             conn.execute("INSERT INTO configuration VALUES (%s, %s)", (name, psycopg.types.json.Jsonb(value)))
     return People(db_dsn, ids, groups)
+
+
+@pytest.fixture
+def server_log(people: People, pg_cluster: Cluster) -> ServerLog:
+    """The server logs every statement of the people's database, with its parameters, from here on."""
+    return ServerLog(pg_cluster, people.dsn)

@@ -18,7 +18,7 @@ from ome_session.errors import (
     DatabaseUnavailable,
     SessionError,
 )
-from tests.conftest import People
+from tests.helpers import People
 
 
 def test_bootstrap_session_has_a_factory_and_no_user(db_dsn: str) -> None:

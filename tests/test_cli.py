@@ -27,22 +27,7 @@ from ome_session._cluster import Cluster
 from ome_session._tty import DATABASE_FIELD
 from ome_session.errors import AuthenticationError
 from ome_session.keystore import KeyStore
-from tests.conftest import People
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def command_env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, **extra}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return env
-
-
-def ome_session(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run the command to completion with no terminal on standard input."""
-    return subprocess.run([sys.executable, "-m", "ome_session", *args], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, env=command_env(**env), timeout=120, check=False)
-
+from tests.helpers import People, command_env, ome_session, query
 
 def on_terminal(args: list[str], answers: list[str], **env: str) -> tuple[int, str, int]:
     """Run the command on a pseudo-terminal, answering each password prompt in turn.
@@ -72,16 +57,6 @@ def on_terminal(args: list[str], answers: list[str], **env: str) -> tuple[int, s
         os.close(fd)
         _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), shown.decode(errors="replace"), answered
-
-
-def rows(dsn: str, query: str, *params: object) -> list[tuple[object, ...]]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        return conn.execute(query, params).fetchall()
-
-
-def execute(dsn: str, statement: str, *params: object) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(statement, params)
 
 
 def store_files(directory: Path) -> list[Path]:
@@ -139,7 +114,7 @@ def test_second_login_joins_the_stored_live_key(lab: People, store: KeyStore) ->
     second = login("alice")
     assert second.stdout.startswith("Joined session " + first.stdout.split()[2])
     assert len(store.list()) == 1
-    assert rows(lab.dsn, "SELECT count(*) FROM ome_sessions") == [(1,)]
+    assert query(lab.dsn, "SELECT count(*) FROM ome_sessions") == [(1,)]
 
 
 def test_login_with_password_option_makes_a_new_session_instead_of_joining(lab: People, store: KeyStore) -> None:
@@ -185,7 +160,7 @@ def test_sudo_login_acts_as_the_user_and_closes_the_leaders_own_session(lab: Peo
     assert done.returncode == 0, done.stderr
     who = ome_session("whoami")
     assert "user:        alice" in who.stdout and "sudo by:     lena" in who.stdout
-    sessions = rows(lab.dsn, "SELECT e.ome_name, s.sudo_by, s.closed_at IS NULL FROM ome_sessions s "
+    sessions = query(lab.dsn, "SELECT e.ome_name, s.sudo_by, s.closed_at IS NULL FROM ome_sessions s "
                     "JOIN experimenters e ON e.id = s.experimenter_id ORDER BY s.id")
     assert sessions == [("lena", None, False), ("alice", lab.ids["lena"], True)]
 
@@ -195,7 +170,7 @@ def test_sudo_as_someone_outside_the_leaders_groups_is_denied_with_exit_5(lab: P
     assert done.returncode == 5
     assert done.stderr.startswith("ome-session: error: lena may not act as 'carol'")
     assert store.list() == []
-    assert rows(lab.dsn, "SELECT count(*) FROM ome_sessions WHERE closed_at IS NULL") == [(0,)]
+    assert query(lab.dsn, "SELECT count(*) FROM ome_sessions WHERE closed_at IS NULL") == [(0,)]
 
 
 def test_wrong_password_exits_1_and_stores_nothing(lab: People, store: KeyStore) -> None:
@@ -213,11 +188,11 @@ def test_no_password_and_no_terminal_exits_2_without_prompting(lab: People) -> N
 
 
 def test_login_group_option_switches_the_primary_group(lab: People, store: KeyStore) -> None:
-    execute(lab.dsn, "INSERT INTO experimenter_group_map VALUES (%s, %s)", lab.ids["alice"], lab.groups["lab_b"])
+    query(lab.dsn, "INSERT INTO experimenter_group_map VALUES (%s, %s)", lab.ids["alice"], lab.groups["lab_b"])
     done = login("alice", "-g", "lab_b")
     assert done.stdout.rstrip().endswith("Current group: lab_b")
     assert store.list()[0].group == "lab_b"
-    assert rows(lab.dsn, "SELECT group_id FROM experimenters WHERE ome_name = 'alice'") == [(lab.groups["lab_b"],)]
+    assert query(lab.dsn, "SELECT group_id FROM experimenters WHERE ome_name = 'alice'") == [(lab.groups["lab_b"],)]
 
 
 def test_sixteen_concurrent_logins_leave_every_entry_and_no_partial_file(lab: People, store: KeyStore) -> None:
@@ -248,7 +223,7 @@ def test_symlinked_store_directory_is_refused_with_exit_4_before_logging_in(lab:
     done = ome_session("login", "-u", "alice", OME_SESSION_PASSWORD="alice-password", OME_SESSIONDIR=str(link))
     assert done.returncode == 4
     assert done.stderr.startswith(f"ome-session: error: {link} is a symlink")
-    assert rows(lab.dsn, "SELECT count(*) FROM ome_sessions") == [(0,)]
+    assert query(lab.dsn, "SELECT count(*) FROM ome_sessions") == [(0,)]
     assert list(real.iterdir()) == []
 
 
@@ -304,7 +279,7 @@ def test_sessions_list_shows_each_entry_and_removes_dead_ones(lab: People, store
     login("alice", "lab-a")
     login("bob", "lab-b")
     bob_key = current_key()
-    execute(lab.dsn, "UPDATE ome_sessions s SET closed_at = now() FROM experimenters e "
+    query(lab.dsn, "UPDATE ome_sessions s SET closed_at = now() FROM experimenters e "
          "WHERE e.id = s.experimenter_id AND e.ome_name = 'bob'")
 
     kept = ome_session("sessions", "list", "--no-purge")
@@ -343,7 +318,7 @@ def test_sessions_clear_all_closes_and_forgets_every_stored_session(lab: People,
     assert done.returncode == 0, done.stderr
     assert done.stdout == "closed 2 session(s); removed 2 from the key store\n"
     assert store.list() == []
-    assert rows(lab.dsn, "SELECT count(*) FROM ome_sessions WHERE closed_at IS NULL") == [(0,)]
+    assert query(lab.dsn, "SELECT count(*) FROM ome_sessions WHERE closed_at IS NULL") == [(0,)]
 
 
 def _dead_and_live_rows(people: People) -> None:
@@ -363,7 +338,7 @@ def test_purge_deletes_closed_and_expired_rows_in_batches_and_keeps_live_ones(la
     done = ome_session("sessions", "purge", "--batch", "2")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "purged 10 session row(s) (closed: 5, idle: 2, expired: 3) in 6 batch(es)\n"
-    left = rows(lab.dsn, "SELECT e.ome_name, s.host FROM ome_sessions s JOIN experimenters e "
+    left = query(lab.dsn, "SELECT e.ome_name, s.host FROM ome_sessions s JOIN experimenters e "
                 "ON e.id = s.experimenter_id ORDER BY s.id")
     assert left[:2] == [("alice", "live"), ("alice", "live")] and left[2][0] == "root"
     assert len(left) == 3
@@ -375,16 +350,16 @@ def test_purge_by_a_plain_user_is_denied_with_exit_5_and_deletes_nothing(lab: Pe
     done = ome_session("sessions", "purge")
     assert done.returncode == 5
     assert done.stderr.startswith("ome-session: error: alice may not purge sessions")
-    assert rows(lab.dsn, "SELECT count(*) FROM ome_sessions") == [(13,)]
+    assert query(lab.dsn, "SELECT count(*) FROM ome_sessions") == [(13,)]
 
 
 def test_keepalive_moves_the_last_access_forward(lab: People) -> None:
     login("alice")
-    execute(lab.dsn, "UPDATE ome_sessions SET last_access = now() - interval '10 minutes'")
+    query(lab.dsn, "UPDATE ome_sessions SET last_access = now() - interval '10 minutes'")
     done = ome_session("sessions", "keepalive")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("kept session ")
-    assert rows(lab.dsn, "SELECT last_access > now() - interval '1 minute' FROM ome_sessions") == [(True,)]
+    assert query(lab.dsn, "SELECT last_access > now() - interval '1 minute' FROM ome_sessions") == [(True,)]
 
 
 def test_keepalive_with_a_frequency_repeats_until_interrupted(lab: People) -> None:
@@ -394,19 +369,19 @@ def test_keepalive_with_a_frequency_repeats_until_interrupted(lab: People) -> No
                            text=True, env=command_env())
     assert run.stdout is not None
     first, second = run.stdout.readline(), run.stdout.readline()  # each printed after a keepalive
-    execute(lab.dsn, "UPDATE ome_sessions SET last_access = now() - interval '10 minutes'")
+    query(lab.dsn, "UPDATE ome_sessions SET last_access = now() - interval '10 minutes'")
     third = run.stdout.readline()
     run.send_signal(signal.SIGINT)
     rest, errors = run.communicate(timeout=60)
     assert run.returncode == 0, errors
     assert all(line.startswith("kept session ") for line in (first, second, third))
     assert rest.endswith("alive\n") and "stopped keeping session" in rest
-    assert rows(lab.dsn, "SELECT last_access > now() - interval '1 minute' FROM ome_sessions") == [(True,)]
+    assert query(lab.dsn, "SELECT last_access > now() - interval '1 minute' FROM ome_sessions") == [(True,)]
 
 
 def test_keepalive_of_a_revoked_session_exits_1(lab: People) -> None:
     login("alice")
-    execute(lab.dsn, "UPDATE ome_sessions SET closed_at = now()")
+    query(lab.dsn, "UPDATE ome_sessions SET closed_at = now()")
     done = ome_session("sessions", "keepalive")
     assert done.returncode == 1
     assert "has expired or was logged out" in done.stderr
@@ -428,12 +403,12 @@ def test_setting_the_timeout_is_for_the_super_user_only(lab: People) -> None:
     done = ome_session("sessions", "timeout", "600")
     assert done.returncode == 0, done.stderr
     assert "idle timeout: 10.0 min (600 s)" in done.stdout
-    assert rows(lab.dsn, "SELECT value FROM configuration WHERE name = 'session_idle_timeout'") == [(600,)]
+    assert query(lab.dsn, "SELECT value FROM configuration WHERE name = 'session_idle_timeout'") == [(600,)]
     assert ome_session("sessions", "timeout", "-5").returncode == 2
 
 
 def test_group_switch_sends_new_objects_to_that_group(lab: People) -> None:
-    execute(lab.dsn, "INSERT INTO experimenter_group_map VALUES (%s, %s)", lab.ids["alice"], lab.groups["lab_b"])
+    query(lab.dsn, "INSERT INTO experimenter_group_map VALUES (%s, %s)", lab.ids["alice"], lab.groups["lab_b"])
     login("alice")
     done = ome_session("sessions", "group", "lab_b")
     assert done.returncode == 0, done.stderr
@@ -451,7 +426,7 @@ def test_group_switch_outside_the_users_groups_is_refused(lab: People) -> None:
     assert "alice is not a member of group 'lab_b'" in denied.stderr
     unknown = ome_session("sessions", "group", "no-such-group")
     assert unknown.returncode == 2
-    assert rows(lab.dsn, "SELECT group_id FROM experimenters WHERE ome_name = 'alice'") == [(lab.groups["lab_a"],)]
+    assert query(lab.dsn, "SELECT group_id FROM experimenters WHERE ome_name = 'alice'") == [(lab.groups["lab_a"],)]
 
 
 # -- temporary files and the embedded cluster ----------------------------------------------------

@@ -28,7 +28,7 @@ import omero.clients
 from omero.util.sessions import SessionsStore
 
 from tests.omero_standin import StandinInfo, StandinUser, running_standin
-from tests.test_cli import ome_session
+from tests.helpers import ome_session
 
 pytestmark = pytest.mark.omero
 

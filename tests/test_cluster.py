@@ -17,7 +17,7 @@ import pytest
 
 from ome_session._cluster import Cluster, default_datadir, find_bindir
 from ome_session.errors import ConfigurationError, DatabaseUnavailable
-from tests._pgserver import DEFAULT_OPTIONS, throwaway_cluster
+from tests.helpers import FAST_OPTIONS, query, throwaway_cluster
 
 
 def wait_for_exit(pid: int) -> None:
@@ -30,13 +30,6 @@ def wait_for_exit(pid: int) -> None:
         assert select.select([fd], [], [], 120)[0], f"process {pid} is still running"
     finally:
         os.close(fd)
-
-
-def query(cluster: Cluster, statement: str) -> object:
-    with psycopg.connect(cluster.dsn()) as conn:
-        row = conn.execute(statement).fetchone()
-        assert row is not None
-        return row[0]
 
 
 def listening_tcp_inodes() -> set[str]:
@@ -59,7 +52,7 @@ def scratch() -> Iterator[Path]:
 
 @pytest.fixture
 def cluster(scratch: Path) -> Iterator[Cluster]:
-    cluster = Cluster(scratch, server_options=DEFAULT_OPTIONS)  # handed to the server account
+    cluster = Cluster(scratch, server_options=FAST_OPTIONS)  # handed to the server account
     yield cluster
     cluster.destroy()
 
@@ -73,7 +66,7 @@ def shared() -> Iterator[Cluster]:
 def test_started_cluster_accepts_connections_until_stopped(cluster: Cluster) -> None:
     cluster.init()
     cluster.start()
-    assert query(cluster, "SELECT 1") == 1
+    assert query(cluster.dsn(), "SELECT 1") == [(1,)]
     cluster.stop()
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(cluster.dsn(), connect_timeout=5)
@@ -86,7 +79,7 @@ def test_init_and_start_are_idempotent(cluster: Cluster) -> None:
     first = cluster.status().pid
     cluster.start()
     assert cluster.status().pid == first
-    assert query(cluster, "SELECT pg_backend_pid() > 0") is True
+    assert query(cluster.dsn(), "SELECT pg_backend_pid() > 0") == [(True,)]
 
 
 def test_stop_of_a_stopped_cluster_does_nothing(cluster: Cluster) -> None:
@@ -120,7 +113,7 @@ def test_stale_postmaster_pid_after_sigkill_does_not_block_start(cluster: Cluste
     assert not cluster.status().running
     cluster.start()
     assert cluster.status().pid not in (None, killed)
-    assert query(cluster, "SELECT 1") == 1
+    assert query(cluster.dsn(), "SELECT 1") == [(1,)]
 
 
 def test_destroy_stops_the_server_and_removes_everything(cluster: Cluster) -> None:
@@ -141,7 +134,7 @@ def test_failed_start_raises_database_unavailable_with_server_log(cluster: Clust
 
 
 def test_server_listens_on_no_tcp_port(shared: Cluster) -> None:
-    assert query(shared, "SHOW listen_addresses") == ""
+    assert query(shared.dsn(), "SHOW listen_addresses") == [("",)]
     targets = [os.readlink(fd) for fd in Path(f"/proc/{shared.status().pid}/fd").iterdir()]
     sockets = {target[len("socket:["):-1] for target in targets if target.startswith("socket:[")}
     assert sockets, "the postmaster should hold its unix socket"
@@ -149,22 +142,22 @@ def test_server_listens_on_no_tcp_port(shared: Cluster) -> None:
 
 
 def test_server_options_are_applied(shared: Cluster) -> None:
-    assert query(shared, "SHOW fsync") == "off"
-    assert query(shared, "SHOW synchronous_commit") == "off"
-    assert query(shared, "SHOW full_page_writes") == "off"
-    assert query(shared, "SHOW max_connections") == "200"
-    assert query(shared, "SHOW log_statement") == "all"
+    assert query(shared.dsn(), "SHOW fsync") == [("off",)]
+    assert query(shared.dsn(), "SHOW synchronous_commit") == [("off",)]
+    assert query(shared.dsn(), "SHOW full_page_writes") == [("off",)]
+    assert query(shared.dsn(), "SHOW max_connections") == [("200",)]
+    assert query(shared.dsn(), "SHOW log_statement") == [("all",)]
 
 
 def test_dsn_connects_as_the_invoking_os_user_without_password(shared: Cluster) -> None:
-    assert query(shared, "SELECT current_user") == pwd.getpwuid(os.geteuid()).pw_name
-    assert query(shared, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user") is True
+    assert query(shared.dsn(), "SELECT current_user") == [(pwd.getpwuid(os.geteuid()).pw_name,)]
+    assert query(shared.dsn(), "SELECT rolsuper FROM pg_roles WHERE rolname = current_user") == [(True,)]
 
 
 def test_ensure_database_creates_a_missing_database_once(shared: Cluster) -> None:
     shared.ensure_database("ome session")
     shared.ensure_database("ome session")
-    count = query(shared, "SELECT count(*) FROM pg_database WHERE datname = 'ome session'")
+    [(count,)] = query(shared.dsn(), "SELECT count(*) FROM pg_database WHERE datname = 'ome session'")
     assert count == 1
     with psycopg.connect(shared.dsn("ome session")) as conn:
         assert conn.info.dbname == "ome session"
@@ -196,7 +189,7 @@ def test_forked_child_exiting_keeps_the_parents_server() -> None:
                 os._exit(0)
         os.waitpid(child, 0)
         assert cluster.status().running
-        assert query(cluster, "SELECT 1") == 1
+        assert query(cluster.dsn(), "SELECT 1") == [(1,)]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the server as another account")

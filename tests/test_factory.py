@@ -9,15 +9,11 @@ import pytest
 
 from ome_session import Column, DBObject, Dataset, Project, Reference, Session, SessionManager
 from ome_session.errors import DatabaseError, IntegrityError
-from tests.conftest import People
-
-
-def _login(people: People, name: str = "alice") -> Session:
-    return SessionManager(people.dsn).create_session(name, People.password(name))
+from tests.helpers import People, login
 
 
 def test_new_load_store_delete_round_trip(people: People) -> None:
-    factory = _login(people).factory
+    factory = login(people).factory
     project = factory.new_object(Project, name="alpha", description="first")
     assert isinstance(project.id, int)
     project.description = "changed"
@@ -30,7 +26,7 @@ def test_new_load_store_delete_round_trip(people: People) -> None:
 
 
 def test_classes_are_named_by_class_registered_name_or_ome_name(people: People) -> None:
-    factory = _login(people).factory
+    factory = login(people).factory
     made = factory.new_object("OME::Project", name="by ome name")
     assert factory.load_object("Project", made.id) is factory.load_object(Project, made.id) is made
     with pytest.raises(ValueError, match="known classes"):
@@ -38,7 +34,7 @@ def test_classes_are_named_by_class_registered_name_or_ome_name(people: People) 
 
 
 def test_the_same_row_loads_as_the_same_object(people: People) -> None:
-    factory = _login(people).factory
+    factory = login(people).factory
     made = factory.new_object(Project, name="one")
     assert factory.load_object(Project, made.id) is made
     assert factory.find_object(Project, name="one") is made
@@ -56,7 +52,7 @@ def test_identity_cache_is_cleared_on_idle(people: People) -> None:
 
 
 def test_references_read_as_objects_and_links_as_lists(people: People) -> None:
-    factory = _login(people).factory
+    factory = login(people).factory
     project = factory.new_object(Project, name="p")
     dataset = factory.new_object(Dataset, name="d")
     link = factory.new_object("ProjectDatasetMap", project=project, dataset=dataset)
@@ -66,7 +62,7 @@ def test_references_read_as_objects_and_links_as_lists(people: People) -> None:
 
 
 def test_maybe_new_object_finds_before_creating(people: People) -> None:
-    factory = _login(people).factory
+    factory = login(people).factory
     first = factory.maybe_new_object(Project, name="once")
     assert factory.maybe_new_object(Project, name="once") is first
     assert factory.count_objects(Project) == 1
@@ -74,7 +70,7 @@ def test_maybe_new_object_finds_before_creating(people: People) -> None:
 
 
 def test_iter_objects_streams_many_rows_in_constant_memory(people: People) -> None:
-    session = _login(people)
+    session = login(people)
     dbh = session.factory.obtain_dbh()
     dbh.execute(
         "INSERT INTO images (name, owner_id, group_id) SELECT 'img' || g, %s, %s FROM generate_series(1, 200000) g",
@@ -92,7 +88,7 @@ def test_iter_objects_streams_many_rows_in_constant_memory(people: People) -> No
 
 
 def test_lock_table_accepts_only_real_lock_modes(people: People) -> None:
-    factory = _login(people).factory
+    factory = login(people).factory
     factory.lock_table(Project, "share row exclusive")
     with pytest.raises(ValueError, match="lock mode"):
         factory.lock_table(Project, "EXCLUSIVE MODE; DROP TABLE projects; --")
@@ -100,7 +96,7 @@ def test_lock_table_accepts_only_real_lock_modes(people: People) -> None:
 
 
 def test_wrong_value_types_raise_typed_errors_before_sql(people: People) -> None:
-    factory = _login(people).factory
+    factory = login(people).factory
     with pytest.raises(TypeError, match="Project.name"):
         factory.new_object(Project, name=42)
     with pytest.raises(TypeError):
@@ -112,7 +108,7 @@ def test_wrong_value_types_raise_typed_errors_before_sql(people: People) -> None
 
 
 def test_constraint_violations_raise_our_integrity_error(people: People) -> None:
-    session = _login(people)
+    session = login(people)
     with pytest.raises(IntegrityError):
         session.factory.new_object("Group", name="lab_a")
     session.rollback_transaction()
@@ -123,7 +119,7 @@ def test_constraint_violations_raise_our_integrity_error(people: People) -> None
 
 
 def test_a_failed_statement_leaves_a_typed_error_and_a_usable_session(people: People) -> None:
-    session = _login(people)
+    session = login(people)
     session.factory.new_object(Project, name="before")
     session.factory.lock_table(Project, "ACCESS EXCLUSIVE")
     with psycopg.connect(people.dsn, autocommit=True) as other:
@@ -143,21 +139,21 @@ def test_a_failed_statement_leaves_a_typed_error_and_a_usable_session(people: Pe
 
 def test_reads_of_owned_classes_follow_the_acl(people: People) -> None:
     for owner in ("alice", "bob", "carol"):
-        session = _login(people, owner)
+        session = login(people, owner)
         session.factory.new_object(Project, name=f"{owner}'s")
         session.commit_transaction()
 
     def visible(name: str) -> list[str]:
-        session = _login(people, name)
+        session = login(people, name)
         return sorted(p.name for p in session.factory.find_objects(Project))
 
     assert visible("alice") == ["alice's", "bob's"]  # same group
     assert visible("carol") == ["carol's"]
     assert visible("root") == ["alice's", "bob's", "carol's"]  # the super user sees all
-    session = _login(people, "carol")
+    session = login(people, "carol")
     assert session.factory.count_objects(Project) == 1
-    hidden = _login(people, "alice").factory.find_object(Project, name="alice's")
-    assert _login(people, "carol").factory.load_object(Project, hidden.id) is None
+    hidden = login(people, "alice").factory.find_object(Project, name="alice's")
+    assert login(people, "carol").factory.load_object(Project, hidden.id) is None
 
 
 def test_sudo_recomputes_the_acl(people: People) -> None:
@@ -186,10 +182,10 @@ def test_user_declared_classes_work_like_core_ones(people: People) -> None:
                      " name text NOT NULL, weight double precision,"
                      " owner_id bigint REFERENCES experimenters, group_id bigint REFERENCES groups)")
     assert Sample.__owned__
-    factory = _login(people, "carol").factory
+    factory = login(people, "carol").factory
     factory.new_object(Sample, name="s1", weight=1.5)
     factory.new_object("Sample", name="s2", weight=3)
     assert [s.name for s in factory.find_objects(Sample, weight=(">", 2.0))] == ["s2"]
     assert factory.find_object(Sample, name="s1").owner.ome_name == "carol"
     Session.instance().commit_transaction()
-    assert _login(people, "alice").factory.count_objects(Sample) == 0
+    assert login(people, "alice").factory.count_objects(Sample) == 0

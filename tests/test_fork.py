@@ -29,7 +29,7 @@ from psycopg import pq
 
 from ome_session import Session, SessionManager, _connection
 from ome_session.errors import NoSessionError, SessionIdleError
-from tests.conftest import People
+from tests.helpers import People, backend_pid, login, query
 
 ROOT = Path(__file__).resolve().parent.parent
 PARENT_ROW = "row of the parent's open transaction"
@@ -37,43 +37,28 @@ PARENT_ROW = "row of the parent's open transaction"
 
 # -- helpers -------------------------------------------------------------------------------------
 
-def _login(dsn: str, name: str = "alice") -> Session:
-    return SessionManager(dsn).create_session(name, People.password(name))
-
-
 def _open_transaction(session: Session) -> tuple[psycopg.Connection[Any], int]:
     """Leave an uncommitted INSERT open in the session's transaction; returns (dbh, backend pid)."""
     session.factory.new_object("Project", name=PARENT_ROW)
     dbh = session.factory.obtain_dbh()
-    return dbh, _backend_pid(dbh)
-
-
-def _backend_pid(dbh: psycopg.Connection[Any]) -> int:
-    row = dbh.execute("SELECT pg_backend_pid()").fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def _outside(dsn: str, query: str, *params: object) -> Any:
-    """One value, read on a separate connection (what the server sees, not what we believe)."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(query, params).fetchone()
-        return row[0] if row else None
+    return dbh, backend_pid(dbh, ask=True)
 
 
 def _state(dsn: str, backend: int) -> str | None:
-    """The backend's state in pg_stat_activity; None when it is gone."""
-    return _outside(dsn, "SELECT state FROM pg_stat_activity WHERE pid = %s", backend)  # type: ignore[no-any-return]
+    """The backend's state in pg_stat_activity, read on a separate connection; None when it is gone."""
+    rows = query(dsn, "SELECT state FROM pg_stat_activity WHERE pid = %s", backend)
+    return rows[0][0] if rows else None
 
 
 def _parent_rows(dsn: str) -> int:
-    return int(_outside(dsn, "SELECT count(*) FROM projects WHERE name = %s", PARENT_ROW))
+    """How many rows of the parent's transaction are committed, counted on a separate connection."""
+    return int(query(dsn, "SELECT count(*) FROM projects WHERE name = %s", PARENT_ROW)[0][0])
 
 
 def _assert_parent_intact(dsn: str, session: Session, dbh: psycopg.Connection[Any], backend: int) -> None:
     """Same backend, still in the transaction (server side too), and the commit lands one row."""
     assert _state(dsn, backend) == "idle in transaction"
-    assert _backend_pid(dbh) == backend
+    assert backend_pid(dbh, ask=True) == backend
     assert dbh.info.transaction_status == pq.TransactionStatus.INTRANS
     assert _parent_rows(dsn) == 0  # not committed yet
     session.commit_transaction()
@@ -111,7 +96,7 @@ def _in_child(fn: Callable[[], Any], fork: Callable[[], int] = os.fork) -> Any:
 # -- the child's view --------------------------------------------------------------------------
 
 def test_child_has_no_session_and_instance_raises(people: People) -> None:
-    _login(people.dsn)
+    login(people.dsn)
 
     def child() -> dict[str, Any]:
         try:
@@ -128,12 +113,12 @@ def test_child_has_no_session_and_instance_raises(people: People) -> None:
 
 
 def test_child_reattach_sees_the_same_user_on_another_backend(people: People) -> None:
-    session = _login(people.dsn, "bob")
+    session = login(people.dsn, "bob")
     dbh, backend = _open_transaction(session)
 
     def child() -> dict[str, Any]:
         again = SessionManager().reattach()  # no DSN given: the parent's database is used
-        return {"user": again.user_name, "backend": _backend_pid(again.factory.obtain_dbh()),
+        return {"user": again.user_name, "backend": backend_pid(again.factory.obtain_dbh(), ask=True),
                 "key_matches": again.session_key == session.session_key}
 
     seen = _in_child(child)
@@ -144,7 +129,7 @@ def test_child_reattach_sees_the_same_user_on_another_backend(people: People) ->
 
 
 def test_inherited_session_objects_refuse_to_work_in_the_child(people: People) -> None:
-    session = _login(people.dsn)
+    session = login(people.dsn)
     dbh, backend = _open_transaction(session)
 
     def child() -> list[str]:
@@ -167,7 +152,7 @@ def test_inherited_session_objects_refuse_to_work_in_the_child(people: People) -
     "delete_instance", "forget_instance", "factory_close", "dbh_close", "dbh_with_block", "parked_dropped",
 ])
 def test_closing_inherited_objects_in_the_child_keeps_the_parent_backend(people: People, close: str) -> None:
-    session = _login(people.dsn)
+    session = login(people.dsn)
     dbh, backend = _open_transaction(session)
 
     def child() -> None:
@@ -194,7 +179,7 @@ def test_closing_inherited_objects_in_the_child_keeps_the_parent_backend(people:
 
 
 def test_leaving_a_transaction_block_in_the_child_does_not_commit_the_parents_work(people: People) -> None:
-    session = _login(people.dsn)
+    session = login(people.dsn)
     with session.transaction():
         _, backend = _open_transaction(session)
 
@@ -216,10 +201,10 @@ def test_a_factory_outside_the_session_gets_its_own_connection_in_the_child(peop
     """A Factory the at-fork hook cannot reach still never talks on the parent's socket."""
     from ome_session import Factory
 
-    session = _login(people.dsn)
+    session = login(people.dsn)
     dbh, backend = _open_transaction(session)
     loose = Factory(people.dsn)
-    loose_backend = _backend_pid(loose.obtain_dbh())
+    loose_backend = backend_pid(loose.obtain_dbh(), ask=True)
     loose.obtain_dbh().execute("SELECT 1")  # leaves a transaction open on the loose connection too
 
     def child() -> int:
@@ -227,17 +212,17 @@ def test_a_factory_outside_the_session_gets_its_own_connection_in_the_child(peop
         assert count == 0  # the parent's row is not committed
         loose.rollback_transaction()
         loose.close()
-        return _backend_pid(Factory(people.dsn).obtain_dbh())
+        return backend_pid(Factory(people.dsn).obtain_dbh(), ask=True)
 
     assert _in_child(child) not in (backend, loose_backend)
     assert _state(people.dsn, loose_backend) == "idle in transaction"
-    assert _backend_pid(loose.obtain_dbh()) == loose_backend
+    assert backend_pid(loose.obtain_dbh(), ask=True) == loose_backend
     loose.close()
     _assert_parent_intact(people.dsn, session, dbh, backend)
 
 
 def test_child_never_touches_the_parents_temporary_files(people: People) -> None:
-    session = _login(people.dsn)
+    session = login(people.dsn)
     kept = session.get_temporary_filename("parent", "txt")
     read_end, write_end = os.pipe()
     pid = -1
@@ -273,7 +258,7 @@ def test_child_never_touches_the_parents_temporary_files(people: People) -> None
 
 
 def test_child_leaving_a_scratch_dir_block_leaves_the_directory_to_the_parent(people: People) -> None:
-    session = _login(people.dsn)
+    session = login(people.dsn)
     pid = -1
     try:
         with session.scratch_dir("parent", "d") as scratch:
@@ -339,11 +324,11 @@ def _task_reattach_and_query(n: int) -> tuple[int, int, str, int]:
     dbh = session.factory.obtain_dbh()
     row = dbh.execute("SELECT %s::int * 2", (n,)).fetchone()
     assert row is not None
-    return os.getpid(), _backend_pid(dbh), str(session.user_name), int(row[0])
+    return os.getpid(), backend_pid(dbh, ask=True), str(session.user_name), int(row[0])
 
 
 def test_a_fork_pool_of_8_runs_64_tasks_on_8_backends(people: People) -> None:
-    session = _login(people.dsn, "carol")
+    session = login(people.dsn, "carol")
     dbh, backend = _open_transaction(session)
     ctx = multiprocessing.get_context("fork")
     _worker_state["barrier"] = ctx.Barrier(8)
@@ -369,7 +354,7 @@ def celery_style_worker_init() -> None:
     before running and idles it afterwards (Celery: ``task_prerun`` / ``task_postrun``).
     """
     session = SessionManager().reattach()
-    _worker_state["init_backend"] = _backend_pid(session.factory.obtain_dbh())
+    _worker_state["init_backend"] = backend_pid(session.factory.obtain_dbh(), ask=True)
     Session.idle()
 
 
@@ -379,14 +364,14 @@ def _celery_style_task(n: int) -> dict[str, Any]:
         _spread_first_tasks()
         dbh = session.factory.obtain_dbh()
         session.factory.count_objects("Project")  # opens a transaction, which idle() rolls back
-        return {"worker": os.getpid(), "backend": _backend_pid(dbh), "init_backend": _worker_state["init_backend"],
-                "user": session.user_name, "in_transaction": session.factory.in_transaction}
+        return {"worker": os.getpid(), "backend": backend_pid(dbh, ask=True),
+                "init_backend": _worker_state["init_backend"], "user": session.user_name, "in_transaction": session.factory.in_transaction}
     finally:
         Session.idle()  # task_postrun
 
 
 def test_celery_style_worker_init_attaches_each_worker_once_and_tasks_idle(people: People) -> None:
-    session = _login(people.dsn, "lena")
+    session = login(people.dsn, "lena")
     dbh, backend = _open_transaction(session)
     ctx = multiprocessing.get_context("fork")
     _worker_state["barrier"] = ctx.Barrier(4)
@@ -405,7 +390,7 @@ def test_celery_style_worker_init_attaches_each_worker_once_and_tasks_idle(peopl
 # -- other kinds of children -------------------------------------------------------------------
 
 def test_subprocess_with_preexec_fn_leaves_the_parent_intact(people: People, tmp_path: Path) -> None:
-    session = _login(people.dsn)
+    session = login(people.dsn)
     dbh, backend = _open_transaction(session)
     seen = tmp_path / "seen-by-preexec"
 
@@ -419,7 +404,7 @@ def test_subprocess_with_preexec_fn_leaves_the_parent_intact(people: People, tmp
 
 def test_a_fork_from_c_is_caught_when_the_child_first_asks_for_the_session(people: People) -> None:
     """fork() called from C (as uWSGI does) runs no at-fork hook: the pid check catches it."""
-    session = _login(people.dsn)
+    session = login(people.dsn)
     dbh, backend = _open_transaction(session)
     c_fork = ctypes.PyDLL(None).fork  # PyDLL: the GIL stays held across the call
 
@@ -427,7 +412,7 @@ def test_a_fork_from_c_is_caught_when_the_child_first_asks_for_the_session(peopl
         has = Session.has_instance()
         again = SessionManager().reattach()
         return {"has_instance": has, "user": again.user_name,
-                "backend": _backend_pid(again.factory.obtain_dbh())}
+                "backend": backend_pid(again.factory.obtain_dbh(), ask=True)}
 
     seen = _in_child(child, fork=c_fork)
     assert seen["has_instance"] is False
@@ -467,14 +452,14 @@ def _child(style: str, session: Session, dbh: psycopg.Connection[Any], parent_ba
         gc.collect()
     elif style == "reattach":
         again = SessionManager().reattach()
-        if again.user_name != "alice" or _backend_pid(again.factory.obtain_dbh()) == parent_backend:
+        if again.user_name != "alice" or backend_pid(again.factory.obtain_dbh(), ask=True) == parent_backend:
             sys.exit(12)
         # left open on purpose: the atexit handler closes the child's own connection
     sys.exit(0)  # unwinds the script's frames, runs atexit handlers, tears the interpreter down
 
 
 def _main(dsn: str, mode: str, count: int) -> dict[str, Any]:
-    session = _login(dsn)
+    session = login(dsn)
     dbh, backend = _open_transaction(session)
     sys.stdout.flush()  # nothing buffered may be written again by the children
     go_read, go_write = os.pipe()
@@ -501,7 +486,7 @@ def _main(dsn: str, mode: str, count: int) -> dict[str, Any]:
     report: dict[str, Any] = {"exit_codes": codes, "styles": sorted(set(_EXIT_STYLES[: min(count, len(_EXIT_STYLES))]))}
     report["backend_before"] = backend
     report["state_after_children"] = _state(dsn, backend)
-    report["backend_after"] = _backend_pid(dbh)
+    report["backend_after"] = backend_pid(dbh, ask=True)
     report["rows_before_commit"] = _parent_rows(dsn)
     session.commit_transaction()
     report["rows_after_commit"] = _parent_rows(dsn)

@@ -13,21 +13,18 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import psycopg
 import pytest
 
-from tests.conftest import People
+from tests.helpers import People, free_port, query, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 2
@@ -116,34 +113,11 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
-def _until(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def _outside(dsn: str, query: str, *params: object) -> list[tuple[Any, ...]]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        return conn.execute(query, params).fetchall()
-
-
 def _worker_backends(dsn: str) -> dict[str, str]:
     """application_name -> state of every worker backend connected to the test database."""
-    rows = _outside(dsn, "SELECT application_name, state FROM pg_stat_activity "
+    rows = query(dsn, "SELECT application_name, state FROM pg_stat_activity "
                          "WHERE datname = current_database() AND application_name LIKE 'ome-worker-%%'")
     return {name: state for name, state in rows}
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _start(people: People, tmp_path: Path, preload: bool) -> Server:
@@ -156,7 +130,7 @@ def _start(people: People, tmp_path: Path, preload: bool) -> Server:
     if preload:
         env["TEST_MASTER_LOGIN"] = "1"
     for attempt in range(3):
-        port = _free_port()
+        port = free_port()
         log = tmp_path / f"gunicorn-{attempt}.log"
         args = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS),
                 "--worker-class", "sync", "--max-requests", str(MAX_REQUESTS), "--max-requests-jitter", "0",
@@ -186,7 +160,7 @@ def _wait_ready(server: Server) -> bool:
             return None
         return "ready" if status == 401 else None
 
-    return bool(_until("gunicorn to serve", ready, timeout=120) == "ready")
+    return bool(wait_for("gunicorn to serve", ready, timeout=120) == "ready")
 
 
 def _stop(server: Server) -> int | None:
@@ -234,17 +208,16 @@ def test_logged_in_requests_all_get_their_own_user_while_workers_come_and_go(ser
     assert len(backends) == len(workers)  # one connection per worker, reused by all its requests
     assert len({b for _, b in backends}) == len(workers)
     # Every worker backend ends up idle (the body is closed after it is sent, so poll).
-    _until("every worker backend to be idle",
-           lambda: set(_worker_backends(people.dsn).values()) == {"idle"})
+    wait_for("every worker backend to be idle",
+             lambda: set(_worker_backends(people.dsn).values()) == {"idle"})
 
 
+@pytest.mark.parametrize("server", [True], ids=["preload"], indirect=True)  # only a preloaded master has one
 def test_the_preloaded_masters_open_transaction_survives_every_worker(server: Server, people: People) -> None:
-    if not (server.state / "master-backend").exists():
-        pytest.skip("without --preload the master has no session")
     master = int((server.state / "master-backend").read_text())
 
     def master_state() -> tuple[Any, ...]:
-        (row,) = _outside(people.dsn, "SELECT state, backend_xid::text, application_name FROM pg_stat_activity "
+        (row,) = query(people.dsn, "SELECT state, backend_xid::text, application_name FROM pg_stat_activity "
                                       "WHERE pid = %s", master)
         return row
 
@@ -255,12 +228,12 @@ def test_the_preloaded_masters_open_transaction_survives_every_worker(server: Se
     assert master not in {r["backend"] for r in results}
     assert len({r["worker"] for r in results}) > WORKERS
     assert master_state() == before  # same backend, same open transaction
-    assert _outside(people.dsn, "SELECT count(*) FROM projects WHERE name = %s", SENTINEL) == [(0,)]
+    assert query(people.dsn, "SELECT count(*) FROM projects WHERE name = %s", SENTINEL) == [(0,)]
     assert _stop(server) == 0
     assert (server.state / "master-committed").read_text() == "yes"
-    assert _outside(people.dsn, "SELECT count(*) FROM projects WHERE name = %s", SENTINEL) == [(1,)]
-    _until("the master's backend to be gone",
-           lambda: not _outside(people.dsn, "SELECT 1 FROM pg_stat_activity WHERE pid = %s", master))
+    assert query(people.dsn, "SELECT count(*) FROM projects WHERE name = %s", SENTINEL) == [(1,)]
+    wait_for("the master's backend to be gone",
+             lambda: not query(people.dsn, "SELECT 1 FROM pg_stat_activity WHERE pid = %s", master))
 
 
 def test_a_view_that_raises_leaves_its_worker_idle(server: Server, people: People) -> None:
@@ -271,7 +244,7 @@ def test_a_view_that_raises_leaves_its_worker_idle(server: Server, people: Peopl
         # Checked before any other request could reach that worker and roll back for it.
         states = _worker_backends(people.dsn)
         assert states and "idle in transaction" not in states.values(), states
-    assert _outside(people.dsn, "SELECT count(*) FROM projects WHERE name = 'from a failing view'") == [(0,)]
+    assert query(people.dsn, "SELECT count(*) FROM projects WHERE name = 'from a failing view'") == [(0,)]
     status, _, body = server.request("GET", "/whoami", headers={"Cookie": cookie})
     assert status == 200 and json.loads(body)["user"] == "alice"
     assert server.log_text().count("Traceback") == 4  # the four failing views, nothing else

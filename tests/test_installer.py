@@ -14,7 +14,7 @@ import pytest
 from psycopg import sql
 
 from ome_session._cluster import Cluster
-from tests.test_cli import ome_session
+from tests.helpers import ome_session
 
 Dump = dict[str, list[str]]
 _counter = itertools.count()

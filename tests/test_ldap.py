@@ -17,7 +17,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from psycopg.types.json import Jsonb
 
 from ome_session import Session, SessionManager, _ldap
 from ome_session.errors import AuthenticationError, ConfigurationError
-from tests.conftest import People
+from tests.helpers import People, free_port, query, wait_for
 
 BASE = "dc=example,dc=org"
 TEMPLATE = "uid={username},ou=people," + BASE
@@ -40,17 +39,6 @@ DIRECTORY_PASSWORDS = {"alice": "alice-directory-password", "bob": "bob-director
 ADMINS_ALICE_PASSWORD = "admins-alice-password"  # uid=alice,ou=admins,ou=people: injection target
 _SLAPD = shutil.which("slapd") or ("/usr/sbin/slapd" if os.path.exists("/usr/sbin/slapd") else None)
 _SLAPADD = shutil.which("slapadd") or ("/usr/sbin/slapadd" if os.path.exists("/usr/sbin/slapadd") else None)
-
-
-def _sql(dsn: str, query: str, *params: object) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(query, params)
-
-
-def _sql_one(dsn: str, query: str, *params: object) -> Any:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(query, params).fetchone()
-    return row[0] if row else None
 
 
 # -- escaping and configuration (no directory needed) ------------------------------------------------
@@ -104,9 +92,9 @@ def test_plain_ldap_starts_tls_by_default_and_may_opt_out() -> None:
 
 def _use_ldap(people: People, config: dict[str, Any], *ldap_users: str) -> None:
     """Configure LDAP and take the local passwords away from ``ldap_users``."""
-    _sql(people.dsn, "INSERT INTO configuration VALUES ('ldap', %s)", Jsonb(config))
+    query(people.dsn, "INSERT INTO configuration VALUES ('ldap', %s)", Jsonb(config))
     for name in ldap_users:
-        _sql(people.dsn, "UPDATE experimenters SET password_hash = NULL WHERE ome_name = %s", name)
+        query(people.dsn, "UPDATE experimenters SET password_hash = NULL WHERE ome_name = %s", name)
 
 
 def test_plain_ldap_uri_is_refused_before_any_password_is_sent(people: People) -> None:
@@ -214,23 +202,19 @@ access to * by * read
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def _listening(proc: subprocess.Popen[bytes], port: int) -> bool:
+    """Whether slapd came to accept connections on ``port`` (False: it exited first)."""
 
-
-def _wait_listening(proc: subprocess.Popen[bytes], port: int, deadline: float) -> bool:
-    """Wait until slapd accepts connections on ``port``; False if it exited first."""
-    while time.monotonic() < deadline:
+    def state() -> str | None:
         if proc.poll() is not None:
-            return False
+            return "exited"
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
         except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"slapd did not listen on port {port} within the deadline")
+            return None
+        return "listening"
+
+    return wait_for(f"slapd to listen on port {port}", state, timeout=30) == "listening"
 
 
 @pytest.fixture(scope="module")
@@ -250,15 +234,14 @@ def directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Directory]:
     subprocess.run([_SLAPADD, "-q", "-f", str(where / "slapd.conf"), "-l", str(where / "entries.ldif")],
                    check=True, capture_output=True)
     for _attempt in range(5):  # a port picked free can be taken before slapd binds it: pick again
-        port, tls_port = _free_port(), _free_port()
+        port, tls_port = free_port(), free_port()
         log_file = open(where / "slapd.log", "wb")  # noqa: SIM115  (closed below)
         proc = subprocess.Popen(
             [_SLAPD, "-d", "0", "-f", str(where / "slapd.conf"),
              "-h", f"ldap://127.0.0.1:{port}/ ldaps://127.0.0.1:{tls_port}/"],
             stdout=log_file, stderr=subprocess.STDOUT)
         try:
-            if _wait_listening(proc, port, time.monotonic() + 30) and \
-                    _wait_listening(proc, tls_port, time.monotonic() + 30):
+            if _listening(proc, port) and _listening(proc, tls_port):
                 yield Directory(port, tls_port, str(where / "ca.pem"))
                 return
         finally:
@@ -291,15 +274,15 @@ def test_directory_password_logs_in_an_ldap_user(ldap_people: People) -> None:
     assert Session.instance() is session
     assert (session.user.ome_name, session.experimenter_id) == ("alice", ldap_people.ids["alice"])
     alice = ldap_people.ids["alice"]
-    assert _sql_one(ldap_people.dsn, "SELECT count(*) FROM ome_sessions WHERE experimenter_id = %s", alice) == 1
+    assert query(ldap_people.dsn, "SELECT count(*) FROM ome_sessions WHERE experimenter_id = %s", alice) == [(1,)]
     # Nothing of the directory password is kept: the next login asks the directory again.
-    assert _sql_one(ldap_people.dsn, "SELECT password_hash FROM experimenters WHERE id = %s", alice) is None
+    assert query(ldap_people.dsn, "SELECT password_hash FROM experimenters WHERE id = %s", alice) == [(None,)]
 
 
 def test_ldap_session_key_resumes_without_the_directory(ldap_people: People, directory: Directory) -> None:
     key = SessionManager(ldap_people.dsn).create_session("bob", DIRECTORY_PASSWORDS["bob"]).session_key
     Session.delete_instance(force=True)
-    _sql(ldap_people.dsn, "UPDATE configuration SET value = %s WHERE name = 'ldap'",
+    query(ldap_people.dsn, "UPDATE configuration SET value = %s WHERE name = 'ldap'",
          Jsonb(directory.config(uri="ldaps://localhost:9")))
     assert SessionManager(ldap_people.dsn).create_session(key=key).user.ome_name == "bob"
 
@@ -347,7 +330,7 @@ def test_dn_injection_in_the_user_name_is_escaped_and_refused(ldap_people: Peopl
 
 def test_starttls_needs_a_trusted_certificate_and_never_falls_back_to_plain(
         ldap_people: People, directory: Directory, caplog: pytest.LogCaptureFixture) -> None:
-    _sql(ldap_people.dsn, "UPDATE configuration SET value = %s WHERE name = 'ldap'",
+    query(ldap_people.dsn, "UPDATE configuration SET value = %s WHERE name = 'ldap'",
          Jsonb(directory.config(ca_file=None)))  # the system CAs do not know our throwaway CA
     with caplog.at_level(logging.WARNING, logger="ome_session._ldap"), pytest.raises(AuthenticationError):
         SessionManager(ldap_people.dsn).create_session("alice", DIRECTORY_PASSWORDS["alice"])
@@ -356,14 +339,14 @@ def test_starttls_needs_a_trusted_certificate_and_never_falls_back_to_plain(
 
 
 def test_a_certificate_for_another_host_name_is_refused(ldap_people: People, directory: Directory) -> None:
-    _sql(ldap_people.dsn, "UPDATE configuration SET value = %s WHERE name = 'ldap'",
+    query(ldap_people.dsn, "UPDATE configuration SET value = %s WHERE name = 'ldap'",
          Jsonb(directory.config(uri=f"ldap://127.0.0.1:{directory.port}")))  # certificate names localhost
     with pytest.raises(AuthenticationError):
         SessionManager(ldap_people.dsn).create_session("alice", DIRECTORY_PASSWORDS["alice"])
 
 
 def test_ldaps_uri_with_the_ca_file_logs_in(ldap_people: People, directory: Directory) -> None:
-    _sql(ldap_people.dsn, "UPDATE configuration SET value = %s WHERE name = 'ldap'",
+    query(ldap_people.dsn, "UPDATE configuration SET value = %s WHERE name = 'ldap'",
          Jsonb(directory.config(uri=f"ldaps://localhost:{directory.tls_port}")))
     session = SessionManager(ldap_people.dsn).create_session("alice", DIRECTORY_PASSWORDS["alice"])
     assert session.user.ome_name == "alice"
@@ -371,7 +354,7 @@ def test_ldaps_uri_with_the_ca_file_logs_in(ldap_people: People, directory: Dire
 
 def test_require_tls_false_allows_a_plain_bind_on_a_trusted_network(ldap_people: People,
                                                                      directory: Directory) -> None:
-    _sql(ldap_people.dsn, "UPDATE configuration SET value = %s WHERE name = 'ldap'",
+    query(ldap_people.dsn, "UPDATE configuration SET value = %s WHERE name = 'ldap'",
          Jsonb(directory.config(start_tls=False, require_tls=False, ca_file=None)))
     session = SessionManager(ldap_people.dsn).create_session("alice", DIRECTORY_PASSWORDS["alice"])
     assert session.user.ome_name == "alice"
@@ -391,7 +374,7 @@ def closed_port() -> Iterator[int]:
 
 def test_unreachable_directory_refuses_the_login_and_logs_why(
         ldap_people: People, directory: Directory, closed_port: int, caplog: pytest.LogCaptureFixture) -> None:
-    _sql(ldap_people.dsn, "UPDATE configuration SET value = %s WHERE name = 'ldap'",
+    query(ldap_people.dsn, "UPDATE configuration SET value = %s WHERE name = 'ldap'",
          Jsonb(directory.config(uri=f"ldap://localhost:{closed_port}")))
     manager = SessionManager(ldap_people.dsn)
     with caplog.at_level(logging.WARNING, logger="ome_session._ldap"), pytest.raises(AuthenticationError) as err:
@@ -407,7 +390,7 @@ def test_a_directory_that_never_answers_times_out_into_a_failed_login(
     with socket.socket() as silent:  # accepts connections (kernel backlog) and never says a word
         silent.bind(("127.0.0.1", 0))
         silent.listen(4)
-        _sql(ldap_people.dsn, "UPDATE configuration SET value = %s WHERE name = 'ldap'",
+        query(ldap_people.dsn, "UPDATE configuration SET value = %s WHERE name = 'ldap'",
              Jsonb(directory.config(uri=f"ldap://localhost:{silent.getsockname()[1]}", timeout=1)))
         with caplog.at_level(logging.WARNING, logger="ome_session._ldap"), pytest.raises(AuthenticationError):
             SessionManager(ldap_people.dsn).create_session("alice", DIRECTORY_PASSWORDS["alice"])
@@ -418,8 +401,8 @@ def test_a_directory_that_never_answers_times_out_into_a_failed_login(
 def test_unknown_and_inactive_users_never_reach_the_directory(
         ldap_people: People, directory: Directory, closed_port: int, caplog: pytest.LogCaptureFixture,
         name: str) -> None:
-    _sql(ldap_people.dsn, "UPDATE experimenters SET active = false WHERE ome_name = 'bob'")
-    _sql(ldap_people.dsn, "UPDATE configuration SET value = %s WHERE name = 'ldap'",
+    query(ldap_people.dsn, "UPDATE experimenters SET active = false WHERE ome_name = 'bob'")
+    query(ldap_people.dsn, "UPDATE configuration SET value = %s WHERE name = 'ldap'",
          Jsonb(directory.config(uri=f"ldap://localhost:{closed_port}")))  # any contact would log
     with caplog.at_level(logging.DEBUG, logger="ome_session._ldap"), pytest.raises(AuthenticationError):
         SessionManager(ldap_people.dsn).create_session(name, DIRECTORY_PASSWORDS["bob"])

@@ -7,18 +7,11 @@ import subprocess
 import sys
 import warnings
 
-import psycopg
 import pytest
 
 from ome_session import Session, SessionManager, _keys
 from ome_session.errors import AuthenticationError, PermissionDenied, SessionError, SessionKeyError
-from tests.conftest import People
-
-
-def _sql(dsn: str, query: str, *params: object) -> list[tuple]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        cur = conn.execute(query, params)
-        return cur.fetchall() if cur.description else []
+from tests.helpers import People, query
 
 
 def test_password_login_binds_the_user(people: People) -> None:
@@ -42,9 +35,9 @@ def test_wrong_password_and_unknown_user_give_the_same_error(people: People) -> 
 
 def test_the_key_is_never_stored_only_its_digest(people: People) -> None:
     key = SessionManager(people.dsn).create_session("alice", "alice-password").session_key
-    dump = "\n".join(line for (line,) in _sql(people.dsn, "SELECT row_to_json(s)::text FROM ome_sessions s"))
+    dump = "\n".join(line for (line,) in query(people.dsn, "SELECT row_to_json(s)::text FROM ome_sessions s"))
     assert key not in dump and key.upper() not in dump
-    assert _sql(people.dsn, "SELECT count(*) FROM ome_sessions WHERE key_digest = %s", _keys.digest(key)) == [(1,)]
+    assert query(people.dsn, "SELECT count(*) FROM ome_sessions WHERE key_digest = %s", _keys.digest(key)) == [(1,)]
 
 
 def test_a_key_from_one_process_resumes_in_another(people: People) -> None:
@@ -71,7 +64,7 @@ def test_failed_login_leaves_the_existing_session_exactly_as_it_was(people: Peop
         assert session.session_key == key and session.user.ome_name == "alice"
     assert session.factory.in_transaction  # the unsaved work is still there
     session.commit_transaction()
-    assert _sql(people.dsn, "SELECT name FROM projects") == [("unsaved work",)]
+    assert query(people.dsn, "SELECT name FROM projects") == [("unsaved work",)]
 
 
 def test_second_login_does_not_inherit_the_first_users_open_transaction(people: People) -> None:
@@ -83,7 +76,7 @@ def test_second_login_does_not_inherit_the_first_users_open_transaction(people: 
     assert second.user.ome_name == "bob"
     second.factory.new_object("Project", name="bob's")
     second.commit_transaction()
-    assert _sql(people.dsn, "SELECT name FROM projects") == [("bob's",)]
+    assert query(people.dsn, "SELECT name FROM projects") == [("bob's",)]
 
 
 def test_second_login_reuses_the_connection(people: People) -> None:
@@ -118,8 +111,8 @@ def test_malformed_keys_are_refused_before_any_sql(people: People, key: object) 
 def test_hostile_credentials_fail_cleanly_and_change_nothing(people: People, username: str, password: str) -> None:
     with pytest.raises(AuthenticationError):
         SessionManager(people.dsn).create_session(username, password)
-    assert _sql(people.dsn, "SELECT count(*) FROM experimenters") == [(len(people.ids),)]
-    assert _sql(people.dsn, "SELECT count(*) FROM ome_sessions") == [(0,)]
+    assert query(people.dsn, "SELECT count(*) FROM experimenters") == [(len(people.ids),)]
+    assert query(people.dsn, "SELECT count(*) FROM ome_sessions") == [(0,)]
 
 
 def test_logout_revokes_the_key_for_good(people: People) -> None:
@@ -140,11 +133,11 @@ def test_logout_with_a_transaction_open_still_revokes_the_key(people: People) ->
     manager.logout()
     with pytest.raises(SessionKeyError):
         manager.create_session(key=key)
-    assert _sql(people.dsn, "SELECT count(*) FROM projects") == [(0,)]
+    assert query(people.dsn, "SELECT count(*) FROM projects") == [(0,)]
 
 
 def _age_session(dsn: str, key: str, seconds: int) -> None:
-    _sql(dsn, "UPDATE ome_sessions SET last_access = last_access - make_interval(secs => %s),"
+    query(dsn, "UPDATE ome_sessions SET last_access = last_access - make_interval(secs => %s),"
               " started = started - make_interval(secs => %s) WHERE key_digest = %s",
          seconds, seconds, _keys.digest(key))
 
@@ -156,10 +149,10 @@ def test_an_idle_key_expires_and_stays_dead_when_the_timeout_is_raised(people: P
     _age_session(people.dsn, key, 1801)
     with pytest.raises(SessionKeyError):
         SessionManager(people.dsn).create_session(key=key)
-    _sql(people.dsn, "INSERT INTO configuration VALUES ('session_idle_timeout', '100000')")
+    query(people.dsn, "INSERT INTO configuration VALUES ('session_idle_timeout', '100000')")
     with pytest.raises(SessionKeyError):
         SessionManager(people.dsn).create_session(key=key)
-    assert _sql(people.dsn, "SELECT closed_at IS NOT NULL FROM ome_sessions") == [(True,)]
+    assert query(people.dsn, "SELECT closed_at IS NOT NULL FROM ome_sessions") == [(True,)]
 
 
 def test_idle_expiry_slides_on_use(people: People) -> None:
@@ -174,21 +167,21 @@ def test_idle_expiry_slides_on_use(people: People) -> None:
 def test_absolute_lifetime_ends_a_busy_session(people: People) -> None:
     manager = SessionManager(people.dsn)
     key = manager.create_session("alice", "alice-password").session_key
-    _sql(people.dsn, "UPDATE ome_sessions SET expires_at = now() - interval '1 second'")
+    query(people.dsn, "UPDATE ome_sessions SET expires_at = now() - interval '1 second'")
     with pytest.raises(SessionKeyError):
         manager.create_session(key=key)
 
 
 def test_lifetime_zero_means_no_absolute_limit(people: People) -> None:
-    _sql(people.dsn, "INSERT INTO configuration VALUES ('session_max_lifetime', '0')")
+    query(people.dsn, "INSERT INTO configuration VALUES ('session_max_lifetime', '0')")
     SessionManager(people.dsn).create_session("alice", "alice-password")
-    assert _sql(people.dsn, "SELECT expires_at FROM ome_sessions") == [(None,)]
+    assert query(people.dsn, "SELECT expires_at FROM ome_sessions") == [(None,)]
 
 
 def test_deactivated_user_cannot_resume(people: People) -> None:
     manager = SessionManager(people.dsn)
     key = manager.create_session("alice", "alice-password").session_key
-    _sql(people.dsn, "UPDATE experimenters SET active = false WHERE ome_name = 'alice'")
+    query(people.dsn, "UPDATE experimenters SET active = false WHERE ome_name = 'alice'")
     with pytest.raises(SessionKeyError):
         manager.create_session(key=key)
     with pytest.raises(AuthenticationError):
@@ -200,9 +193,9 @@ def test_legacy_crypt_hash_verifies_and_is_upgraded_to_argon2id(people: People) 
         warnings.simplefilter("ignore", DeprecationWarning)
         crypt = pytest.importorskip("crypt", reason="no crypt(3) module on this Python")
         legacy = crypt.crypt("old-secret", "ab")
-    _sql(people.dsn, "UPDATE experimenters SET password_hash = %s WHERE ome_name = 'carol'", legacy)
+    query(people.dsn, "UPDATE experimenters SET password_hash = %s WHERE ome_name = 'carol'", legacy)
     SessionManager(people.dsn).create_session("carol", "old-secret")
-    (stored,), = _sql(people.dsn, "SELECT password_hash FROM experimenters WHERE ome_name = 'carol'")
+    (stored,), = query(people.dsn, "SELECT password_hash FROM experimenters WHERE ome_name = 'carol'")
     assert stored.startswith("$argon2id$")
     Session.delete_instance(force=True)
     assert SessionManager(people.dsn).create_session("carol", "old-secret").user.ome_name == "carol"
@@ -212,12 +205,12 @@ def test_guest_login_is_refused_unless_guest_access_is_allowed(people: People) -
     manager = SessionManager(people.dsn)
     with pytest.raises(AuthenticationError):
         manager.create_session("guest", "guest-password")
-    _sql(people.dsn, "INSERT INTO configuration VALUES ('allow_guest_access', 'true')")
+    query(people.dsn, "INSERT INTO configuration VALUES ('allow_guest_access', 'true')")
     session = SessionManager(people.dsn).create_session("guest", "guest-password")
     assert session.is_guest_session() and not session.is_su_session()
     key = session.session_key
     Session.delete_instance(force=True)
-    _sql(people.dsn, "UPDATE configuration SET value = 'false' WHERE name = 'allow_guest_access'")
+    query(people.dsn, "UPDATE configuration SET value = 'false' WHERE name = 'allow_guest_access'")
     with pytest.raises(SessionKeyError):
         SessionManager(people.dsn).create_session(key=key)
 
@@ -242,11 +235,11 @@ def test_sudo_is_allowed_for_super_user_and_group_leaders_and_recorded(people: P
     session = manager.sudo_session(target)
     assert session.user.ome_name == target
     assert session.sudo_by == people.ids[actor]
-    assert _sql(people.dsn, "SELECT sudo_by FROM ome_sessions WHERE sudo_by IS NOT NULL") == [(people.ids[actor],)]
+    assert query(people.dsn, "SELECT sudo_by FROM ome_sessions WHERE sudo_by IS NOT NULL") == [(people.ids[actor],)]
 
 
 def test_sudo_by_an_admin_who_is_not_super_user(people: People) -> None:
-    _sql(people.dsn, "UPDATE experimenters SET is_admin = true WHERE ome_name = 'carol'")
+    query(people.dsn, "UPDATE experimenters SET is_admin = true WHERE ome_name = 'carol'")
     manager = SessionManager(people.dsn)
     manager.create_session("carol", "carol-password")
     assert manager.sudo_session("alice").user.ome_name == "alice"
@@ -278,8 +271,8 @@ def test_keep_alive_slides_expiry_and_fails_once_revoked(people: People) -> None
     session = manager.create_session("alice", "alice-password")
     _age_session(people.dsn, session.session_key, 1700)
     session.keep_alive()
-    (age,), = _sql(people.dsn, "SELECT extract(epoch FROM now() - last_access) FROM ome_sessions")
+    (age,), = query(people.dsn, "SELECT extract(epoch FROM now() - last_access) FROM ome_sessions")
     assert age < 60
-    _sql(people.dsn, "UPDATE ome_sessions SET closed_at = now()")
+    query(people.dsn, "UPDATE ome_sessions SET closed_at = now()")
     with pytest.raises(SessionKeyError):
         session.keep_alive()

@@ -42,7 +42,7 @@ from ome_session.errors import (
     SessionKeyError,
 )
 from ome_session.keystore import OmeroSessionStore
-from tests.conftest import People
+from tests.helpers import People, wait_for
 from tests.omero_standin import StandinInfo, StandinUser, running_standin
 
 pytestmark = pytest.mark.omero
@@ -284,17 +284,7 @@ def drop_connection(server: StandinInfo, session: Session) -> None:
     assert session._login is not None
     key = session.session_key
     session._login.extra["client"].getSession().ice_getConnection().close(True)
-    assert wait_for(lambda: live(server)[key]["refcount"] == 0)
-
-
-def wait_for(condition: Callable[[], bool], deadline_s: float = 30.0) -> bool:
-    """Poll the server until ``condition`` holds or the (generous) deadline passes."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
+    wait_for("the server to drop the client's router session", lambda: live(server)[key]["refcount"] == 0)
 
 
 def test_keep_alive_after_a_lost_connection_joins_again(server: StandinInfo) -> None:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
 
@@ -25,6 +24,7 @@ import omero
 import omero.clients
 from omero.gateway import BlitzGateway
 
+from tests.helpers import wait_for
 from tests.omero_standin import StandinInfo, StandinUser, running_standin
 
 pytestmark = pytest.mark.omero
@@ -70,16 +70,6 @@ def gateway(server: StandinInfo, closing: ExitStack, user: str = "", pw: str = "
 
 def live(server: StandinInfo) -> dict[str, dict[str, Any]]:
     return {s["uuid"]: s for s in server.sessions()}
-
-
-def wait_for(condition: Callable[[], bool], deadline_s: float = 30.0) -> bool:
-    """Poll ``condition`` until it holds or the (generous) deadline passes."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 # -- omero.client ---------------------------------------------------------------------------
@@ -211,7 +201,7 @@ def test_lost_client_connection_destroys_its_router_session(server: StandinInfo)
     uuid = done.stdout.strip()
 
     assert uuid
-    assert wait_for(lambda: uuid not in live(server))
+    wait_for("the session to be gone from the server", lambda: uuid not in live(server))
 
 
 def test_unmodelled_operation_fails_fast_instead_of_hanging(server: StandinInfo, closing: ExitStack) -> None:

@@ -40,7 +40,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from ome_session import Session, SessionManager
 from ome_session._cluster import Cluster
 from ome_session.errors import AuthenticationError, DatabaseError
-from tests.conftest import People
+from tests.helpers import People, backend_pid, login, query
 
 _PGBOUNCER = shutil.which("pgbouncer") or next(
     (path for path in ("/usr/sbin/pgbouncer",) if os.access(path, os.X_OK)), None)
@@ -193,24 +193,6 @@ def bouncer(pg_cluster: Cluster, people: People) -> Iterator[StartBouncer]:
 
 # -- helpers ---------------------------------------------------------------------------------------
 
-def _login(manager: SessionManager, name: str = "alice") -> Session:
-    return manager.create_session(name, People.password(name))
-
-
-def _backend_pid(session: Session) -> int:
-    """The server process behind the session's current transaction (pgbouncer passes it through)."""
-    row = session.factory.obtain_dbh().execute("SELECT pg_backend_pid()").fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def _on_cluster(dsn: str, query: str, *params: object) -> Any:
-    """One value, read straight from the cluster: what the server holds, not what a client believes."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(query, params).fetchone()
-    return row[0] if row else None
-
-
 @contextmanager
 def _holding(dsn: str, clients: int) -> Iterator[list[int]]:
     """Other clients, each in an open transaction with an uncommitted row: each pins a server
@@ -270,13 +252,13 @@ def _worker(dsn: str, name: str) -> None:
     """What a pre-fork server's worker does: log in, serve requests by key, log out; and again."""
     manager = SessionManager(dsn, prepare_threshold=None)
     for cycle in range(CYCLES):
-        key = _login(manager, name).session_key
+        key = login(manager, name).session_key
         Session.idle()
         for request in range(RESUMES):
             session = manager.create_session(key=key)
             with session.transaction():
                 session.factory.new_object("Project", name=f"{name} {cycle}.{request}",
-                                           description=str(_backend_pid(session)))
+                                           description=str(backend_pid(session, ask=True)))
             Session.idle()
         manager.logout()
 
@@ -287,38 +269,38 @@ def test_forked_workers_log_in_resume_write_and_log_out_on_shared_server_connect
 
     _in_children([functools.partial(_worker, pgb.dsn, name) for name in WORKERS])
 
-    assert _on_cluster(people.dsn, "SELECT count(*) FROM projects") == len(WORKERS) * CYCLES * RESUMES
+    assert query(people.dsn, "SELECT count(*) FROM projects") == [(len(WORKERS) * CYCLES * RESUMES,)]
     for name in WORKERS:
-        assert _on_cluster(people.dsn, "SELECT count(*) FROM projects WHERE owner_id = %s",
-                           people.ids[name]) == CYCLES * RESUMES
+        assert query(people.dsn, "SELECT count(*) FROM projects WHERE owner_id = %s",
+                     people.ids[name]) == [(CYCLES * RESUMES,)]
     # Four clients wrote through at most two server processes: the connections really were shared.
-    assert _on_cluster(people.dsn, "SELECT count(DISTINCT description) FROM projects") <= pgb.pool_size
-    assert _on_cluster(people.dsn, "SELECT count(*) FROM ome_sessions") == len(WORKERS) * CYCLES
-    assert _on_cluster(people.dsn, "SELECT count(*) FROM ome_sessions WHERE closed_at IS NULL") == 0
+    [(writers,)] = query(people.dsn, "SELECT count(DISTINCT description) FROM projects")
+    assert writers <= pgb.pool_size
+    assert query(people.dsn, "SELECT count(*) FROM ome_sessions") == [(len(WORKERS) * CYCLES,)]
+    assert query(people.dsn, "SELECT count(*) FROM ome_sessions WHERE closed_at IS NULL") == [(0,)]
 
 
 def test_a_resume_runs_on_a_free_server_connection_while_other_clients_hold_transactions(
         people: People, bouncer: StartBouncer) -> None:
     pgb = bouncer(pool_size=3)
     manager = SessionManager(pgb.dsn, prepare_threshold=None)
-    session = _login(manager)
+    session = login(manager)
     with session.transaction():
-        first = _backend_pid(session)
+        first = backend_pid(session, ask=True)
     key = session.session_key
     Session.idle()
 
     with _holding(pgb.dsn, 2) as held:
         resumed = manager.create_session(key=key)
         with resumed.transaction():
-            now = _backend_pid(resumed)
+            now = backend_pid(resumed, ask=True)
             resumed.factory.new_object("Project", name="written while others hold transactions")
         Session.idle()
 
     assert resumed.user_name == "alice"
     assert first in held  # the session's earlier server connection went to another client...
     assert now not in held  # ...and the resume went on, on one nobody held
-    names = _on_cluster(people.dsn, "SELECT array_agg(name) FROM projects")
-    assert names == ["written while others hold transactions"]
+    assert query(people.dsn, "SELECT name FROM projects") == [("written while others hold transactions",)]
 
 
 def test_a_failed_login_during_an_open_transaction_leaves_that_transaction_to_commit(
@@ -327,7 +309,7 @@ def test_a_failed_login_during_an_open_transaction_leaves_that_transaction_to_co
     # the first stays pinned to the open transaction.
     pgb = bouncer(pool_size=2)
     manager = SessionManager(pgb.dsn, prepare_threshold=None)
-    session = _login(manager)
+    session = login(manager)
     session.factory.new_object("Project", name="kept through a failed login")
 
     with pytest.raises(AuthenticationError):
@@ -335,20 +317,20 @@ def test_a_failed_login_during_an_open_transaction_leaves_that_transaction_to_co
     session.commit_transaction()
 
     assert Session.instance() is session and session.user_name == "alice"
-    assert _on_cluster(people.dsn, "SELECT array_agg(name) FROM projects") == ["kept through a failed login"]
+    assert query(people.dsn, "SELECT name FROM projects") == [("kept through a failed login",)]
 
 
 def test_nested_transactions_roll_back_to_their_savepoint_while_other_clients_commit(
         people: People, bouncer: StartBouncer) -> None:
     pgb = bouncer(pool_size=2)
-    session = _login(SessionManager(pgb.dsn, prepare_threshold=None))
+    session = login(SessionManager(pgb.dsn, prepare_threshold=None))
 
     with psycopg.connect(pgb.dsn, autocommit=True, prepare_threshold=None) as neighbour:
         def neighbour_commits(what: str) -> None:
             neighbour.execute("INSERT INTO projects (name) VALUES (%s)", (f"neighbour: {what}",))
 
         with session.transaction():
-            pid = _backend_pid(session)
+            pid = backend_pid(session, ask=True)
             session.factory.new_object("Project", name="outer")
             neighbour_commits("after outer")
             with pytest.raises(RuntimeError), session.transaction():
@@ -358,12 +340,11 @@ def test_nested_transactions_roll_back_to_their_savepoint_while_other_clients_co
             with session.transaction():
                 session.factory.new_object("Project", name="inner, kept")
                 neighbour_commits("inside the kept block")
-            assert _backend_pid(session) == pid  # one server connection for the whole transaction
+            assert backend_pid(session, ask=True) == pid  # one server connection for the whole transaction
 
-    names = _on_cluster(people.dsn, "SELECT array_agg(name ORDER BY name) FROM projects WHERE owner_id = %s",
-                        people.ids["alice"])
-    assert names == ["inner, kept", "outer"]
-    assert _on_cluster(people.dsn, "SELECT count(*) FROM projects WHERE name LIKE 'neighbour:%%'") == 3
+    assert query(people.dsn, "SELECT name FROM projects WHERE owner_id = %s ORDER BY name",
+                 people.ids["alice"]) == [("inner, kept",), ("outer",)]
+    assert query(people.dsn, "SELECT count(*) FROM projects WHERE name LIKE 'neighbour:%%'") == [(3,)]
 
 
 def test_iter_objects_streams_every_row_through_a_server_side_cursor_within_one_transaction(
@@ -373,7 +354,7 @@ def test_iter_objects_streams_every_row_through_a_server_side_cursor_within_one_
         conn.execute("INSERT INTO projects (name, owner_id, group_id) SELECT 'p' || n, %s, %s"
                      " FROM generate_series(1, %s) AS n", (people.ids["alice"], people.groups["lab_a"], rows))
     pgb = bouncer(pool_size=2)
-    session = _login(SessionManager(pgb.dsn, prepare_threshold=None))
+    session = login(SessionManager(pgb.dsn, prepare_threshold=None))
 
     seen = set()
     with psycopg.connect(pgb.dsn, autocommit=True, prepare_threshold=None) as neighbour, session.transaction():
@@ -390,7 +371,7 @@ def test_iter_objects_streams_every_row_through_a_server_side_cursor_within_one_
 def _resume_after_its_server_connection_is_taken(pgb: Bouncer, manager: SessionManager) -> Session:
     """Resume often enough that a statement gets prepared, on the one server connection in use;
     then let another client's transaction take that server connection, and resume once more."""
-    key = _login(manager).session_key
+    key = login(manager).session_key
     Session.idle()
     for _ in range(RESUMES):
         manager.create_session(key=key)
@@ -404,12 +385,12 @@ def _resume_after_an_earlier_connection_left_its_statements(pgb: Bouncer, manage
     the one server connection still holds what the first client prepared, under the same names."""
     assert pgb.pool_size == 1
     for _ in range(2):
-        key = _login(manager).session_key
+        key = login(manager).session_key
         for _ in range(RESUMES):
             manager.create_session(key=key)
             Session.idle()
         manager.logout()
-    key = _login(manager).session_key
+    key = login(manager).session_key
     return manager.create_session(key=key)
 
 
@@ -476,7 +457,7 @@ def _reattach_for_every_task() -> int | None:
 
 def test_forked_workers_reattaching_keep_prepared_statements_off(bouncer: StartBouncer) -> None:
     pgb = bouncer(pool_size=1, prepared_statements=0)
-    _login(SessionManager(pgb.dsn, prepare_threshold=None))
+    login(SessionManager(pgb.dsn, prepare_threshold=None))
     Session.idle()
 
     # One after the other, on the one server connection: the second meets what the first left.

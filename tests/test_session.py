@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -13,16 +12,7 @@ import pytest
 
 from ome_session import Session, SessionManager
 from ome_session.errors import NoSessionError, SessionError, SessionIdleError
-from tests.conftest import People
-
-
-def _count(dsn: str, query: str, *params: object) -> int:
-    with psycopg.connect(dsn) as conn:
-        return int(conn.execute(query, params).fetchone()[0])
-
-
-def _login(people: People, name: str = "alice") -> Session:
-    return SessionManager(people.dsn).create_session(name, People.password(name))
+from tests.helpers import People, backend_pid, login, query, wait_for
 
 
 def test_session_cannot_be_constructed_directly() -> None:
@@ -43,13 +33,13 @@ def test_concurrent_logins_leave_exactly_one_consistent_session(people: People) 
     names = ["alice", "bob", "carol", "lena"] * 2
     errors: list[BaseException] = []
 
-    def login(name: str) -> None:
+    def log_in(name: str) -> None:
         try:
-            SessionManager(people.dsn).create_session(name, People.password(name))
+            login(people, name)
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
-    threads = [threading.Thread(target=login, args=(n,)) for n in names]
+    threads = [threading.Thread(target=log_in, args=(n,)) for n in names]
     for t in threads:
         t.start()
     for t in threads:
@@ -61,7 +51,7 @@ def test_concurrent_logins_leave_exactly_one_consistent_session(people: People) 
 
 
 def test_after_idle_the_factory_refuses_until_the_next_login(people: People) -> None:
-    session = _login(people)
+    session = login(people)
     key = session.session_key
     Session.idle()
     assert Session.instance() is session
@@ -74,20 +64,18 @@ def test_after_idle_the_factory_refuses_until_the_next_login(people: People) -> 
 
 
 def test_idle_rolls_back_and_keeps_the_connection(people: People) -> None:
-    session = _login(people)
-    dbh = session.factory.obtain_dbh()
-    backend = dbh.execute("SELECT pg_backend_pid()").fetchone()
+    session = login(people)
+    backend = backend_pid(session, ask=True)
     session.factory.new_object("Project", name="never committed")
     Session.idle()
-    assert _count(people.dsn, "SELECT count(*) FROM projects") == 0
-    assert _count(people.dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND state = 'idle'",
-                  backend[0]) == 1
+    assert query(people.dsn, "SELECT count(*) FROM projects") == [(0,)]
+    assert query(people.dsn, "SELECT state FROM pg_stat_activity WHERE pid = %s", backend) == [("idle",)]
     SessionManager(people.dsn).create_session(key=session.session_key)
-    assert session.factory.obtain_dbh().execute("SELECT pg_backend_pid()").fetchone() == backend
+    assert backend_pid(session, ask=True) == backend
 
 
 def test_idle_without_an_open_transaction_sends_nothing(people: People) -> None:
-    session = _login(people)
+    session = login(people)
     session.factory.obtain_dbh().execute("SELECT 1")
     session.commit_transaction()
     dbh = session.factory.obtain_dbh()
@@ -99,7 +87,7 @@ def test_idle_without_an_open_transaction_sends_nothing(people: People) -> None:
 
 
 def test_a_rolled_back_object_is_gone_and_not_cached(people: People) -> None:
-    session = _login(people)
+    session = login(people)
     project = session.factory.new_object("Project", name="temporary")
     session.rollback_transaction()
     assert session.factory.load_object("Project", project.id) is None
@@ -107,18 +95,18 @@ def test_a_rolled_back_object_is_gone_and_not_cached(people: People) -> None:
 
 
 def test_transaction_commits_on_success_and_rolls_back_on_error(people: People) -> None:
-    session = _login(people)
+    session = login(people)
     with session.transaction():
         session.factory.new_object("Project", name="kept")
     with pytest.raises(RuntimeError), session.transaction():
         session.factory.new_object("Project", name="dropped")
         raise RuntimeError("boom")
     assert [p.name for p in session.factory.find_objects("Project")] == ["kept"]
-    assert _count(people.dsn, "SELECT count(*) FROM projects") == 1
+    assert query(people.dsn, "SELECT count(*) FROM projects") == [(1,)]
 
 
 def test_nested_transaction_is_a_savepoint(people: People) -> None:
-    session = _login(people)
+    session = login(people)
     with session.transaction():
         session.factory.new_object("Project", name="outer")
         with pytest.raises(ValueError), session.transaction():
@@ -131,7 +119,7 @@ def test_nested_transaction_is_a_savepoint(people: People) -> None:
 
 
 def test_deferred_tasks_run_at_idle_and_a_failing_one_does_not_stop_idle(people: People) -> None:
-    session = _login(people)
+    session = login(people)
     ran: list[str] = []
 
     def failing() -> None:
@@ -143,21 +131,19 @@ def test_deferred_tasks_run_at_idle_and_a_failing_one_does_not_stop_idle(people:
     Session.idle()
     assert ran == ["first", "by task"]
     assert session.is_idle()
-    assert _count(people.dsn, "SELECT count(*) FROM projects") == 0  # tasks' uncommitted work rolled back
+    assert query(people.dsn, "SELECT count(*) FROM projects") == [(0,)]  # tasks' uncommitted work rolled back
 
 
 def test_delete_instance_warns_unless_forced_and_closes(people: People) -> None:
-    session = _login(people)
-    backend = session.factory.obtain_dbh().execute("SELECT pg_backend_pid()").fetchone()[0]
+    session = login(people)
+    backend = backend_pid(session)
     session.commit_transaction()
     with pytest.warns(UserWarning):
         Session.delete_instance()
     assert not Session.has_instance()
-    deadline = time.monotonic() + 30
-    while _count(people.dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", backend):
-        assert time.monotonic() < deadline, "the closed session's backend is still there"
-        time.sleep(0.05)
-    _login(people)
+    wait_for("the closed session's backend to end",
+             lambda: query(people.dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", backend) == [(0,)])
+    login(people)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Session.delete_instance(force=True)
@@ -165,36 +151,36 @@ def test_delete_instance_warns_unless_forced_and_closes(people: People) -> None:
 
 
 def test_forget_instance_drops_the_session_without_closing(people: People) -> None:
-    session = _login(people)
-    dbh = session.factory.obtain_dbh()
-    backend = dbh.execute("SELECT pg_backend_pid()").fetchone()[0]
+    session = login(people)
+    dbh = session.factory.obtain_dbh()  # held, as a caller of obtain_dbh() would
+    backend = backend_pid(dbh, ask=True)
     Session.forget_instance()
     assert not Session.has_instance()
-    assert _count(people.dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", backend) == 1
+    assert query(people.dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", backend) == [(1,)]
 
 
 def test_project_and_dataset_persist_across_logins(people: People) -> None:
-    session = _login(people)
+    session = login(people)
     project = session.factory.new_object("Project", name="current")
     dataset = session.factory.new_object("Dataset", name="current data")
     session.project = project
     session.dataset = dataset
     session.commit_transaction()
     SessionManager(people.dsn).logout()
-    again = _login(people)
+    again = login(people)
     assert again.project.name == "current"
     assert again.dataset.name == "current data"
 
 
 def test_new_objects_belong_to_the_session_user_and_group(people: People) -> None:
-    session = _login(people, "carol")
+    session = login(people, "carol")
     project = session.factory.new_object("Project", name="mine")
     assert project.owner_id == people.ids["carol"]
     assert project.group_id == people.groups["lab_b"]
 
 
 def test_temporary_files_are_created_private_and_finished(people: People) -> None:
-    session = _login(people)
+    session = login(people)
     path = session.get_temporary_filename("import", "tif")
     scratch = session.get_scratch_dir("unpack", "d")
     assert path.exists() and (path.stat().st_mode & 0o777) == 0o600
@@ -206,7 +192,7 @@ def test_temporary_files_are_created_private_and_finished(people: People) -> Non
 
 
 def test_finishing_a_file_this_process_did_not_create_is_refused(people: People, tmp_path: Path) -> None:
-    session = _login(people)
+    session = login(people)
     before = Path("/etc/passwd").read_bytes()
     with pytest.raises(ValueError):
         session.finish_temporary_file("/etc/passwd")
@@ -220,7 +206,7 @@ def test_finishing_a_file_this_process_did_not_create_is_refused(people: People,
 
 @pytest.mark.parametrize("prog,ext", [("a/b", "txt"), ("..", "txt"), ("x", "../etc"), ("x\x00", "t"), ("ok", "a/b")])
 def test_temporary_names_with_paths_are_rejected(people: People, prog: str, ext: str) -> None:
-    session = _login(people)
+    session = login(people)
     root = session._temp().root
     before = sorted(root.rglob("*")) if root.exists() else []
     with pytest.raises(ValueError):
@@ -229,7 +215,7 @@ def test_temporary_names_with_paths_are_rejected(people: People, prog: str, ext:
 
 
 def test_idle_finishes_leftover_temporary_files_with_a_warning(people: People) -> None:
-    session = _login(people)
+    session = login(people)
     path = session.get_temporary_filename()
     with pytest.warns(UserWarning, match="left unfinished"):
         Session.idle()
@@ -237,7 +223,7 @@ def test_idle_finishes_leftover_temporary_files_with_a_warning(people: People) -
 
 
 def test_temporary_file_context_managers_clean_up_on_error(people: People) -> None:
-    session = _login(people)
+    session = login(people)
     with pytest.raises(KeyError), session.temporary_file("ctx", "txt") as path:
         path.write_text("data")
         raise KeyError("fail")
@@ -258,7 +244,7 @@ def test_the_process_directory_of_a_dead_process_is_reaped_at_login(people: Peop
     os.waitpid(pid, 0)
     assert [p for p in root.iterdir() if p.name.startswith(f"{pid}-")]
     Session._reaped_roots.discard(root)
-    _login(people)
+    login(people)
     assert not [p for p in root.iterdir() if p.name.startswith(f"{pid}-")]
 
 
@@ -274,10 +260,8 @@ def test_interpreter_exit_rolls_back_and_closes_cleanly(people: People) -> None:
 
     done = subprocess.run([sys.executable, "-c", code, people.dsn], capture_output=True, text=True, check=True)
     backend = int(done.stdout.strip())
-    assert _count(people.dsn, "SELECT count(*) FROM projects") == 0
+    assert query(people.dsn, "SELECT count(*) FROM projects") == [(0,)]
     assert "Traceback" not in done.stderr
-    # The backend ends when the server has read the client's goodbye: poll, bounded.
-    deadline = time.monotonic() + 30
-    while _count(people.dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", backend):
-        assert time.monotonic() < deadline, "the backend of the exited process is still there"
-        time.sleep(0.05)
+    # The backend ends when the server has read the client's goodbye.
+    wait_for("the exited process's backend to end",
+             lambda: query(people.dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", backend) == [(0,)])

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-import psycopg
 import pytest
 from psycopg import pq
 
@@ -27,7 +26,7 @@ from ome_session.wsgi import (
     clear_session_cookie,
     session_cookie,
 )
-from tests.conftest import People
+from tests.helpers import People, backend_pid, query
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -111,22 +110,11 @@ def _cookie_of(response: Response) -> str:
     return set_cookie.split(";", 1)[0]
 
 
-def _outside(dsn: str, query: str, *params: object) -> Any:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(query, params).fetchone()
-        return row[0] if row else None
-
-
-def _worker_backend() -> int:
-    """The backend pid of this process's session connection (read without a query)."""
-    return int(Session._instance._factory._connection.raw.info.backend_pid)  # type: ignore[union-attr]
-
-
 def _assert_idle(dsn: str) -> None:
     session = Session._instance
     assert session is not None and session.is_idle()
     assert not session.factory.in_transaction
-    assert _outside(dsn, "SELECT state FROM pg_stat_activity WHERE pid = %s", _worker_backend()) == "idle"
+    assert query(dsn, "SELECT state FROM pg_stat_activity WHERE pid = %s", backend_pid(session)) == [("idle",)]
 
 
 # -- logging in and resuming ---------------------------------------------------------------------
@@ -179,7 +167,7 @@ def test_requests_of_different_users_share_one_connection_and_never_each_others_
         session.commit_transaction()
         visible = sorted(p.name for p in factory.find_objects("Project"))  # type: ignore[attr-defined]
         seen_projects[str(session.user_name)] = visible
-        return "200 OK", [], {"user": session.user_name, "backend": _worker_backend()}
+        return "200 OK", [], {"user": session.user_name, "backend": backend_pid(session)}
 
     app = _demo(people, {("POST", "/mine"): mine})
     keys = {name: _api_key(app, name) for name in ("alice", "bob", "carol")}
@@ -206,8 +194,8 @@ def test_a_missing_key_is_401_with_a_json_error(people: People) -> None:
 def test_a_key_in_the_query_string_is_ignored(people: People) -> None:
     app = _demo(people)
     key = _api_key(app, "alice")
-    for query in (f"ome_session_key={key}", f"X-OME-Session-Key={key}", f"key={key}"):
-        response = _call(app, _environ("/whoami", query=query))
+    for in_the_url in (f"ome_session_key={key}", f"X-OME-Session-Key={key}", f"key={key}"):
+        response = _call(app, _environ("/whoami", query=in_the_url))
         assert response.status == 401
         assert response.json()["error"] == "session_key_missing"
 
@@ -225,8 +213,7 @@ def test_a_malformed_key_is_401_and_the_cookie_is_cleared(people: People, bad: s
 def test_an_expired_key_is_401(people: People) -> None:
     app = _demo(people)
     key = _api_key(app, "alice")
-    with psycopg.connect(people.dsn, autocommit=True) as conn:
-        conn.execute("UPDATE ome_sessions SET last_access = now() - interval '1 day'")
+    query(people.dsn, "UPDATE ome_sessions SET last_access = now() - interval '1 day'")
     response = _call(app, _environ("/whoami", headers={"X-OME-Session-Key": key}))
     assert response.status == 401
     assert response.json()["error"] == "session_key_rejected"
@@ -290,7 +277,7 @@ def test_the_session_is_idle_after_a_request(people: People) -> None:
         assert _call(app, environ).status == 200
     _assert_idle(people.dsn)
     assert not environ["test.tempfile"].exists()
-    assert _outside(people.dsn, "SELECT count(*) FROM projects") == 0
+    assert query(people.dsn, "SELECT count(*) FROM projects") == [(0,)]
 
 
 def test_the_session_is_idle_after_the_app_raises(people: People) -> None:
@@ -303,7 +290,7 @@ def test_the_session_is_idle_after_the_app_raises(people: People) -> None:
     with pytest.raises(RuntimeError, match="the view failed"), pytest.warns(UserWarning, match="left unfinished"):
         _call(app, _environ("/boom", method="POST", headers={"X-OME-Session-Key": key}))
     _assert_idle(people.dsn)
-    assert _outside(people.dsn, "SELECT count(*) FROM projects") == 0
+    assert query(people.dsn, "SELECT count(*) FROM projects") == [(0,)]
     assert _call(app, _environ("/whoami", headers={"X-OME-Session-Key": key})).status == 200  # and serves on
 
 
@@ -330,7 +317,7 @@ def test_the_session_is_idle_when_a_streamed_response_is_closed_early(people: Pe
     result.close()  # type: ignore[attr-defined]  # the client went away
     assert ended == ["generator closed"]
     _assert_idle(people.dsn)
-    assert _outside(people.dsn, "SELECT count(*) FROM projects") == 0
+    assert query(people.dsn, "SELECT count(*) FROM projects") == [(0,)]
 
 
 def test_resuming_a_session_costs_one_round_trip(people: People) -> None:

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from ome_session import Session, SessionManager, _keys
+from ome_session import Session, SessionManager, _keys, _passwords
 from ome_session.errors import SessionKeyError
 from ome_session.model import Project
+from tests.helpers import password, password_hash, query
 
 from . import _setup
 
@@ -50,7 +51,7 @@ def _name(index: int, cycle: int) -> str:
 def run_worker(job: Worker) -> None:
     """The body of one worker process; writes its report as JSON to ``job.result``."""
     manager = SessionManager(job.dsn, agent=f"reliability-worker-{job.index}")
-    password = _setup.password(job.user)
+    secret = password(job.user)
     report: dict[str, Any] = {"index": job.index, "pid": os.getpid(), "cycles": 0, "committed": [],
                               "errors": [], "own": [], "shared": [], "revived": 0}
     started = time.monotonic()
@@ -60,7 +61,7 @@ def run_worker(job: Worker) -> None:
         try:
             shared = manager.create_session(key=job.shared_key)
             report["shared"].append(_iso(shared.last_access))
-            session = manager.create_session(job.user, password)
+            session = manager.create_session(job.user, secret)
             key = session.session_key
             own = [_iso(session.last_access)]
             session = manager.create_session(key=key)
@@ -90,6 +91,14 @@ def run_worker(job: Worker) -> None:
     os.replace(tmp, job.result)
 
 
+def argon2_seconds() -> float:
+    """CPU seconds of one password check as a login does it: what bounds the cycles the cores can do."""
+    stored = password_hash("measure")
+    started = time.process_time()
+    _passwords.verify_password(stored, "measure")
+    return time.process_time() - started
+
+
 def _iso(moment: datetime.datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
 
@@ -110,7 +119,7 @@ def prepare(dsn: str, processes: int, users: int | None = None) -> tuple[list[st
     count = users or max(1, processes // 2)
     names = [f"worker{n}" for n in range(count)]
     _setup.add_users(dsn, [*names, "sharer"])
-    shared = SessionManager(dsn).create_session("sharer", _setup.password("sharer")).session_key
+    shared = SessionManager(dsn).create_session("sharer", password("sharer")).session_key
     Session.delete_instance(force=True)  # closes our connection; the key stays valid
     assert shared is not None
     return [names[n % count] for n in range(processes)], shared
@@ -159,7 +168,7 @@ def check(dsn: str, outcome: Outcome) -> dict[str, Any]:
     revived = sum(r["revived"] for r in outcome.reports)
     if revived:
         problems.append(f"{revived} logged-out keys resumed again")
-    rows = _setup.query(dsn, "SELECT name, count(*) FROM projects WHERE name LIKE %s GROUP BY name",
+    rows = query(dsn, "SELECT name, count(*) FROM projects WHERE name LIKE %s GROUP BY name",
                         f"{PROJECT_PREFIX}-%")
     in_db = dict(rows)
     duplicates = {name: n for name, n in in_db.items() if n > 1}
@@ -186,7 +195,7 @@ def check(dsn: str, outcome: Outcome) -> dict[str, Any]:
     if backwards:
         problems.append(f"last_access moved backwards {backwards} times")
     if outcome.shared_key is not None:
-        final = _setup.query(dsn, "SELECT last_access, closed_at FROM ome_sessions WHERE key_digest = %s",
+        final = query(dsn, "SELECT last_access, closed_at FROM ome_sessions WHERE key_digest = %s",
                              _keys.digest(outcome.shared_key))
         samples = [datetime.datetime.fromisoformat(v) for r in outcome.reports for v in r["shared"]]
         if not final or final[0][1] is not None:

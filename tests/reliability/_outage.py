@@ -14,6 +14,7 @@ from typing import Any
 from ome_session import Session, SessionManager
 from ome_session._cluster import Cluster
 from ome_session.errors import DatabaseUnavailable, TransactionLost
+from tests.helpers import password, query
 
 from . import _setup
 
@@ -33,14 +34,14 @@ def manager(dsn: str) -> SessionManager:
 
 
 def committed_names(dsn: str) -> set[str]:
-    return {name for (name,) in _setup.query(dsn, "SELECT name FROM projects")}
+    return {name for (name,) in query(dsn, "SELECT name FROM projects")}
 
 
 def outage_round(cluster: Cluster, dsn: str, number: int, *, mode: str = "fast") -> dict[str, Any]:
     """One stop and start under an open transaction; returns figures and every problem seen."""
     problems: list[str] = []
     logins = manager(dsn)
-    session = logins.create_session(USER, _setup.password(USER))
+    session = logins.create_session(USER, password(USER))
     with session.transaction():
         session.factory.new_object("Project", name=f"committed-{number}")
     session.factory.new_object("Project", name=f"uncommitted-{number}")
@@ -58,14 +59,14 @@ def outage_round(cluster: Cluster, dsn: str, number: int, *, mode: str = "fast")
         if waited >= CONNECT_TIMEOUT:
             problems.append(f"the error took {waited:.1f}s, beyond the connect timeout")
         try:
-            logins.create_session(USER, _setup.password(USER))
+            logins.create_session(USER, password(USER))
             problems.append("a login succeeded with the server stopped")
         except DatabaseUnavailable as exc:
             if str(cluster.socket_dir) not in str(exc):
                 problems.append(f"the error does not name the socket directory: {exc}")
     finally:
         cluster.start()
-    session = logins.create_session(USER, _setup.password(USER))
+    session = logins.create_session(USER, password(USER))
     names = {p.name for p in session.factory.find_objects("Project")}  # type: ignore[attr-defined]
     session.commit_transaction()
     Session.idle()

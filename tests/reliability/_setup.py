@@ -15,22 +15,11 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from ome_session import _migrations, _passwords
+from ome_session import _migrations
 from ome_session._cluster import Cluster
+from tests.helpers import password, password_hash, query
 
 _counter = itertools.count()
-_HASHES: dict[str, str] = {}
-
-
-def password(name: str) -> str:
-    """Every user made here has the password ``<name>-password``, as in the shared fixtures."""
-    return f"{name}-password"
-
-
-def _hash(name: str) -> str:
-    if name not in _HASHES:
-        _HASHES[name] = _passwords.hash_password(password(name))
-    return _HASHES[name]
 
 
 def new_database(cluster: Cluster, prefix: str = "rel") -> str:
@@ -55,7 +44,7 @@ def add_users(dsn: str, names: Iterable[str], group: str = "workers", *,
         for name in names:
             row = conn.execute(
                 "INSERT INTO experimenters (ome_name, first_name, password_hash, group_id) "
-                "VALUES (%s, %s, %s, %s) RETURNING id", (name, name.title(), _hash(name), group_id)).fetchone()
+                "VALUES (%s, %s, %s, %s) RETURNING id", (name, name.title(), password_hash(password(name)), group_id)).fetchone()
             assert row is not None
             ids[name] = row[0]
             conn.execute("INSERT INTO experimenter_group_map VALUES (%s, %s)", (ids[name], group_id))
@@ -63,13 +52,6 @@ def add_users(dsn: str, names: Iterable[str], group: str = "workers", *,
             conn.execute("INSERT INTO configuration VALUES ('tmp_dir', %s) "
                          "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value", (Jsonb(tmp_dir),))
     return ids
-
-
-def query(dsn: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:
-    """Run one statement on a connection of its own (not the session's) and return its rows."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        cur = conn.execute(statement, params)  # type: ignore[arg-type]
-        return cur.fetchall() if cur.description else []
 
 
 def tables(dsn: str) -> list[str]:

@@ -9,16 +9,17 @@ the terminal summary.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ome_session._cluster import Cluster
-from tests._pgserver import throwaway_cluster
+from tests.helpers import throwaway_cluster
+
+from ._figures import Figures
 
 _FIGURES = pytest.StashKey[list[dict[str, Any]]]()
 _FIGURES_FILE = pytest.StashKey[Path]()
@@ -26,15 +27,6 @@ _OUTCOMES = pytest.StashKey[Counter[str]]()
 _RECORDED = pytest.StashKey[bool]()
 _CALL_OUTCOME = pytest.StashKey[str]()
 _TOTALS = ("cycles", "examples", "errors", "rows_checked")
-
-Figures = Callable[..., None]
-
-
-def env_int(name: str, default: int) -> int:
-    """A positive integer from the environment (how CI and the soak run scale the cases)."""
-    value = os.environ.get(name, "")
-    return int(value) if value.strip() else default
-
 
 @pytest.fixture
 def figures(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Figures:

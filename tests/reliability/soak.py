@@ -19,18 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ome_session import _passwords
-from tests._pgserver import throwaway_cluster
+from tests.helpers import throwaway_cluster
 
 from . import _concurrency, _outage, _setup
-
-
-def _argon2_seconds() -> float:
-    """CPU seconds of one password check: what bounds how many logins the cores can do."""
-    stored = _passwords.hash_password("measure")
-    started = time.process_time()
-    _passwords.verify_password(stored, "measure")
-    return time.process_time() - started
 
 
 def _outages(stop: Any, result: Path, workdir: Path) -> None:
@@ -57,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     deadline = time.time() + args.minutes * 60
     workdir = Path(tempfile.mkdtemp(prefix="ome-session-soak-"))
-    argon2 = _argon2_seconds()
+    argon2 = _concurrency.argon2_seconds()
     cores = os.cpu_count() or 1
     estimate = args.processes * args.cycles * argon2 / min(cores, args.processes)
     print(f"soak: {args.minutes:g} min; {args.processes} processes x {args.cycles} cycles per round; argon2id "

@@ -7,15 +7,12 @@ than the soak run's 8 x 500: ``OME_SESSION_RELIABILITY_CYCLES`` (per process) sc
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
-from ome_session import _passwords
-
 from . import _concurrency
-from .conftest import Figures, env_int
+from ._figures import Figures, env_int
 
 pytestmark = pytest.mark.reliability
 
@@ -26,18 +23,10 @@ CYCLES = env_int("OME_SESSION_RELIABILITY_CYCLES", 30)
 JOIN_TIMEOUT = env_int("OME_SESSION_RELIABILITY_JOIN_TIMEOUT", 120 + CYCLES * PROCESSES)
 
 
-def _argon2_seconds() -> float:
-    """The CPU seconds one password check costs on this machine, for the figures."""
-    stored = _passwords.hash_password("measure")
-    started = time.process_time()
-    _passwords.verify_password(stored, "measure")
-    return time.process_time() - started
-
-
 @pytest.mark.timeout(JOIN_TIMEOUT + 120)
 def test_concurrent_login_cycles_lose_nothing_and_never_deadlock(db_dsn: str, tmp_path: Path,
                                                                  figures: Figures) -> None:
-    argon2 = _argon2_seconds()
+    argon2 = _concurrency.argon2_seconds()
     outcome = _concurrency.run_round(db_dsn, tmp_path / "workers", processes=PROCESSES, cycles=CYCLES,
                                      join_timeout=JOIN_TIMEOUT)
     result = _concurrency.check(db_dsn, outcome)

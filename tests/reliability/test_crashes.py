@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from ome_session import Session, SessionManager, _tempfiles
-from tests.conftest import People
+from tests.helpers import People
 
-from .conftest import Figures, env_int
+from ._figures import Figures, env_int
 
 pytestmark = pytest.mark.reliability
 

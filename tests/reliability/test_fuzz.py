@@ -27,10 +27,10 @@ from ome_session import Configuration, Session, SessionManager, _keys, _tty
 from ome_session.configuration import VARIABLES
 from ome_session.errors import AuthenticationError, PermissionDenied, SessionError, SessionKeyError
 from ome_session.keystore import KeyStore, OmeroSessionStore, StoredSession
-from tests.conftest import People
+from tests.helpers import People
 
 from . import _setup
-from .conftest import Figures, env_int
+from ._figures import Figures, env_int
 
 pytestmark = pytest.mark.reliability
 

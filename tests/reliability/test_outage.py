@@ -17,14 +17,15 @@ import pytest
 from ome_session import Session
 from ome_session._cluster import Cluster
 from ome_session.errors import DatabaseUnavailable, SessionKeyError, TransactionLost
+from tests.helpers import password, query
 
-from . import _outage, _setup
+from . import _outage
+from ._figures import Figures, env_int
 from ._outage import CONNECT_TIMEOUT, USER
-from .conftest import Figures, env_int
 
 pytestmark = pytest.mark.reliability
 
-PASSWORD = _setup.password(USER)
+PASSWORD = password(USER)
 ROUNDS = env_int("OME_SESSION_RELIABILITY_OUTAGES", 3)
 
 
@@ -224,7 +225,7 @@ def test_logout_after_a_restart_still_revokes_the_key(cluster: Cluster, dsn: str
     cluster.start()
     manager.logout()
 
-    assert _setup.query(dsn, "SELECT count(*) FROM ome_sessions WHERE closed_at IS NULL") == [(0,)]
+    assert query(dsn, "SELECT count(*) FROM ome_sessions WHERE closed_at IS NULL") == [(0,)]
     assert not Session.has_instance()
     with pytest.raises(SessionKeyError):
         manager.create_session(key=key)

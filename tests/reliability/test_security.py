@@ -16,17 +16,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from psycopg.conninfo import conninfo_to_dict
 
 import ome_session
 from ome_session import Configuration, Session, SessionManager, _keys, _tempfiles
-from ome_session._cluster import Cluster
 from ome_session.errors import ConfigurationError, PermissionDenied, SessionError, SessionKeyError
 from ome_session.keystore import KeyStore, StoredSession
-from tests.conftest import People
+from tests.helpers import People, ServerLog, password, query
 
 from . import _setup
-from .conftest import Figures
+from ._figures import Figures
 
 pytestmark = pytest.mark.reliability
 
@@ -42,26 +40,10 @@ def _umask(mask: int) -> Iterator[None]:
         os.umask(old)
 
 
-@pytest.fixture
-def server_log(people: People, pg_cluster: Cluster) -> Callable[[], str]:
-    """Have the server log every statement of this database with its parameters; returns a reader
-    of what was logged since (the log is the shared server's, so only new text is returned)."""
-    dbname = conninfo_to_dict(people.dsn)["dbname"]
-    _setup.query(pg_cluster.dsn(), f'ALTER DATABASE "{dbname}" SET log_statement = \'all\'')
-    start = pg_cluster.log_file.stat().st_size
-
-    def read() -> str:
-        with pg_cluster.log_file.open("rb") as log:
-            log.seek(start)
-            return log.read().decode("utf-8", "replace")
-
-    return read
-
-
 # -- keys are stored, sent and compared only as digests ------------------------------------------
 
 
-def test_keys_are_never_stored_or_sent_in_plain_text(people: People, server_log: Callable[[], str],
+def test_keys_are_never_stored_or_sent_in_plain_text(people: People, server_log: ServerLog,
                                                       tmp_path: Path, figures: Figures) -> None:
     manager = SessionManager(people.dsn)
     keys = [manager.create_session("lena", "lena-password").session_key]
@@ -76,12 +58,12 @@ def test_keys_are_never_stored_or_sent_in_plain_text(people: People, server_log:
     assert all(isinstance(key, str) for key in keys)
     keys_seen = [key for key in keys if key is not None]
 
-    dump, logged = _setup.dump_text(people.dsn), server_log()
+    dump, logged = _setup.dump_text(people.dsn), server_log.text()
     leaked = [key for key in keys_seen if key in dump.lower() or key in logged.lower()]
     figures(rows_checked=dump.count("\n") + 1, errors=len(leaked), keys=len(keys), log_bytes=len(logged))
     assert leaked == []
     for key in keys_seen:
-        assert _setup.query(people.dsn, "SELECT count(*) FROM ome_sessions WHERE key_digest = %s",
+        assert query(people.dsn, "SELECT count(*) FROM ome_sessions WHERE key_digest = %s",
                             _keys.digest(key)) == [(1,)]
     # The resume was one statement that handed the digest to SQL, where it is compared.
     digest = "\\x" + _keys.digest(keys_seen[0]).hex()
@@ -211,7 +193,7 @@ def test_a_symlinked_temporary_root_or_process_directory_is_refused(people: Peop
     real, link = tmp_path / "real-tmp", tmp_path / "link-tmp"
     real.mkdir(mode=0o700)
     link.symlink_to(real)
-    _setup.query(people.dsn, "UPDATE configuration SET value = to_jsonb(%s::text) WHERE name = 'tmp_dir'", str(link))
+    query(people.dsn, "UPDATE configuration SET value = to_jsonb(%s::text) WHERE name = 'tmp_dir'", str(link))
 
     session = SessionManager(people.dsn).create_session("alice", "alice-password")  # logs in all the same
     with pytest.raises(ConfigurationError):
@@ -221,7 +203,7 @@ def test_a_symlinked_temporary_root_or_process_directory_is_refused(people: Peop
     assert list(real.iterdir()) == []
 
     # A link put where this process's own directory goes is refused too.
-    _setup.query(people.dsn, "UPDATE configuration SET value = to_jsonb(%s::text) WHERE name = 'tmp_dir'", str(real))
+    query(people.dsn, "UPDATE configuration SET value = to_jsonb(%s::text) WHERE name = 'tmp_dir'", str(real))
     Session.delete_instance(force=True)
     Configuration.flush()
     session = SessionManager(people.dsn).create_session("alice", "alice-password")
@@ -242,8 +224,8 @@ def test_a_symlinked_temporary_root_or_process_directory_is_refused(people: Peop
 def test_sudo_is_allowed_only_to_the_super_user_admins_and_leaders_of_the_targets_group(
         people: People, figures: Figures) -> None:
     admin = _setup.add_users(people.dsn, ["adam"])["adam"]  # an admin who is not the super user
-    _setup.query(people.dsn, "UPDATE experimenters SET is_admin = true WHERE id = %s", admin)
-    _setup.query(people.dsn, "INSERT INTO configuration VALUES ('allow_guest_access', 'true')")
+    query(people.dsn, "UPDATE experimenters SET is_admin = true WHERE id = %s", admin)
+    query(people.dsn, "INSERT INTO configuration VALUES ('allow_guest_access', 'true')")
     ids = {**people.ids, "adam": admin}
     everyone = sorted(ids)
     expected: dict[str, set[str]] = {actor: set() for actor in everyone}
@@ -251,7 +233,7 @@ def test_sudo_is_allowed_only_to_the_super_user_admins_and_leaders_of_the_target
     manager = SessionManager(people.dsn)
     seen: dict[str, set[str]] = {}
     for actor in everyone:
-        key = manager.create_session(actor, _setup.password(actor)).session_key
+        key = manager.create_session(actor, password(actor)).session_key
         seen[actor] = set()
         for target in everyone:
             try:
@@ -261,7 +243,7 @@ def test_sudo_is_allowed_only_to_the_super_user_admins_and_leaders_of_the_target
                 continue
             seen[actor].add(target)
             assert (session.user_name, session.sudo_by) == (target, ids[actor])
-            assert _setup.query(people.dsn, "SELECT sudo_by FROM ome_sessions WHERE key_digest = %s",
+            assert query(people.dsn, "SELECT sudo_by FROM ome_sessions WHERE key_digest = %s",
                                 _keys.digest(session.session_key or "")) == [(ids[actor],)]
             manager.create_session(key=key)
     figures(examples=len(everyone) ** 2, errors=sum(len(seen[a] ^ expected[a]) for a in everyone))
@@ -279,7 +261,7 @@ def test_a_sudo_session_has_only_the_rights_of_its_user(people: People) -> None:
 
 
 def test_sudo_to_an_inactive_user_is_refused_even_to_the_super_user(people: People) -> None:
-    _setup.query(people.dsn, "UPDATE experimenters SET active = false WHERE ome_name = 'bob'")
+    query(people.dsn, "UPDATE experimenters SET active = false WHERE ome_name = 'bob'")
     manager = SessionManager(people.dsn)
     manager.create_session("root", "root-password")
 
@@ -291,7 +273,7 @@ def test_sudo_to_an_inactive_user_is_refused_even_to_the_super_user(people: Peop
 
 
 def _set_config(dsn: str, name: str, value: str) -> None:
-    _setup.query(dsn, "INSERT INTO configuration VALUES (%s, %s::jsonb) "
+    query(dsn, "INSERT INTO configuration VALUES (%s, %s::jsonb) "
                       "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value", name, value)
 
 
@@ -306,17 +288,17 @@ def _kill_by_logout_with_an_open_transaction(dsn: str, manager: SessionManager, 
 
 
 def _kill_by_idle_timeout(dsn: str, manager: SessionManager, key: str) -> None:
-    _setup.query(dsn, "UPDATE ome_sessions SET last_access = now() - interval '2 hours' WHERE key_digest = %s",
+    query(dsn, "UPDATE ome_sessions SET last_access = now() - interval '2 hours' WHERE key_digest = %s",
                  _keys.digest(key))
 
 
 def _kill_by_lifetime(dsn: str, manager: SessionManager, key: str) -> None:
-    _setup.query(dsn, "UPDATE ome_sessions SET expires_at = now() - interval '1 second' WHERE key_digest = %s",
+    query(dsn, "UPDATE ome_sessions SET expires_at = now() - interval '1 second' WHERE key_digest = %s",
                  _keys.digest(key))
 
 
 def _kill_by_deactivation(dsn: str, manager: SessionManager, key: str) -> None:
-    _setup.query(dsn, "UPDATE experimenters SET active = false WHERE ome_name = 'guest'")
+    query(dsn, "UPDATE experimenters SET active = false WHERE ome_name = 'guest'")
 
 
 def _kill_by_withdrawing_guest_access(dsn: str, manager: SessionManager, key: str) -> None:
@@ -347,7 +329,7 @@ def test_a_revoked_or_expired_key_never_revives(people: People, how: str, figure
     with pytest.raises(SessionKeyError):
         manager.create_session(key=key)
     # Everything that made it die is undone, and more: no timeouts at all.
-    _setup.query(people.dsn, "UPDATE experimenters SET active = true")
+    query(people.dsn, "UPDATE experimenters SET active = true")
     for name, value in (("allow_guest_access", "true"), ("session_idle_timeout", "0"),
                         ("session_max_lifetime", "0")):
         _set_config(people.dsn, name, value)
@@ -357,7 +339,7 @@ def test_a_revoked_or_expired_key_never_revives(people: People, how: str, figure
     for _attempt in range(2):
         with contextlib.suppress(SessionKeyError):
             revived.append(manager.create_session(key=key))
-    closed = _setup.query(people.dsn, "SELECT closed_at IS NOT NULL FROM ome_sessions WHERE key_digest = %s",
+    closed = query(people.dsn, "SELECT closed_at IS NOT NULL FROM ome_sessions WHERE key_digest = %s",
                           _keys.digest(key))
     figures(errors=len(revived), how=how)
     assert revived == []
@@ -405,7 +387,7 @@ def _messages(error: BaseException | None) -> str:
 
 
 def test_a_password_is_never_logged_printed_or_sent(
-        people: People, server_log: Callable[[], str], *, caplog: pytest.LogCaptureFixture,
+        people: People, server_log: ServerLog, *, caplog: pytest.LogCaptureFixture,
         capsys: pytest.CaptureFixture[str], tmp_path: Path, figures: Figures) -> None:
     for name in (None, "ome_session", "psycopg"):
         caplog.set_level(logging.DEBUG, logger=name)
@@ -440,7 +422,7 @@ def test_a_password_is_never_logged_printed_or_sent(
     captured = capsys.readouterr()
     texts = {
         "log": "\n".join(f"{r.name} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records),
-        "stdout": captured.out, "stderr": captured.err, "cli": cli.stdout + cli.stderr, "server": server_log(),
+        "stdout": captured.out, "stderr": captured.err, "cli": cli.stdout + cli.stderr, "server": server_log.text(),
         "errors": "\n".join(_messages(e) for e in errors),
     }
     secrets = [wrong, *(People.password(n) for n in people.ids)]

@@ -1,0 +1,232 @@
+"""What the tests share, written once: a throwaway PostgreSQL server, SQL on a connection of its
+own, passwords and their hashes, logging in, the server process behind a session, free ports,
+waiting for a condition, and running the command.
+
+Oracles live here too, so that they never share code with what they check: SQL runs on a separate
+connection (what the server holds, not what a session believes), password hashes are made and
+checked with the argon2 library itself, never with ``ome_session._passwords``.
+
+No pytest at module level: the benchmark suite (``bench/``) and the soak run use the same server
+and ports outside pytest. A failed wait raises ``AssertionError``, which pytest shows as a failure.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+import argon2
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from ome_session import Session, SessionManager
+from ome_session._cluster import Cluster
+
+REPO = Path(__file__).resolve().parents[1]
+
+T = TypeVar("T")
+
+# -- the throwaway server ----------------------------------------------------------------------------
+
+# Durability is pointless for data thrown away after the run; these make initdb and tests fast.
+FAST_OPTIONS = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "max_connections": "200",
+}
+
+
+class ThrowawayCluster:
+    """A private PostgreSQL cluster (unix socket only) in a directory that is removed with it.
+
+    Removal runs on ``remove()`` and, as a fallback, at interpreter exit. Forked children inherit
+    both paths, so removal only ever happens in the process that made the cluster: a child
+    exiting must never stop its parent's server.
+    """
+
+    def __init__(self, datadir: Path, **server_options: str) -> None:
+        # Cluster hands the (empty) directory to the server account when we run as root.
+        self.cluster = Cluster(datadir, server_options=server_options)
+        self._owner = os.getpid()
+        self._removed = False
+
+    def start(self, timeout: float = 30.0) -> Cluster:
+        atexit.register(self.remove)
+        self.cluster.start(timeout=timeout)
+        return self.cluster
+
+    def remove(self) -> None:
+        """Stop the server and delete its directory, once, and only in the process that made it."""
+        if self._removed or os.getpid() != self._owner:
+            return
+        self._removed = True
+        try:
+            self.cluster.destroy()
+        finally:
+            shutil.rmtree(self.cluster.datadir, ignore_errors=True)
+            atexit.unregister(self.remove)
+
+
+@contextmanager
+def throwaway_cluster(**server_options: str) -> Iterator[Cluster]:
+    """A fresh, fast, non-durable cluster in a new temporary directory, removed afterwards."""
+    server = ThrowawayCluster(Path(tempfile.mkdtemp(prefix="ome-session-pg-")),
+                              **{**FAST_OPTIONS, **server_options})
+    try:
+        yield server.start()
+    finally:
+        server.remove()
+
+
+# -- SQL on a connection of its own -------------------------------------------------------------------
+
+
+def query(dsn: str, statement: str | sql.Composable, *params: Any) -> list[tuple[Any, ...]]:
+    """Run one statement on a new autocommit connection (never a session's) and return its rows
+    (``[]`` for a statement that returns none)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(statement, params)  # type: ignore[arg-type]
+        return cur.fetchall() if cur.description else []
+
+
+def backend_pid(of: Session | psycopg.Connection[Any], *, ask: bool = False) -> int:
+    """The PostgreSQL server process behind a session's (or a connection's) connection.
+
+    By default the pid the server announced at connect time: nothing is sent, so it works on an
+    idle session and opens no transaction. ``ask=True`` runs ``SELECT pg_backend_pid()`` on that
+    connection instead: behind pgbouncer only the server knows, and the answer proves the
+    connection works.
+    """
+    if isinstance(of, Session):
+        # The connection object itself: obtain_dbh() refuses on an idle session.
+        conn = of.factory.obtain_dbh() if ask else of.factory._connection.raw
+    else:
+        conn = of
+    if not ask:
+        return int(conn.info.backend_pid)
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+class ServerLog:
+    """What the server logged about one database since a mark: every statement, with its bound
+    parameters, tagged with the server process that ran it.
+
+    Made before the database's first connection (the setting applies to new connections). The log
+    file is the cluster's, shared with every other database: only text after the mark is read.
+    """
+
+    _STATEMENT = re.compile(r"\[(\d+)\] LOG:  (?:statement|execute [^:]*): (.*)")
+
+    def __init__(self, cluster: Cluster, dsn: str) -> None:
+        name = conninfo_to_dict(dsn)["dbname"]
+        query(cluster.dsn(), sql.SQL("ALTER DATABASE {} SET log_statement = 'all'").format(sql.Identifier(name)))
+        self._path = cluster.log_file
+        self.mark()
+
+    def mark(self) -> None:
+        self._offset = self._path.stat().st_size
+
+    def text(self) -> str:
+        with self._path.open("rb") as handle:
+            handle.seek(self._offset)
+            return handle.read().decode("utf-8", "replace")
+
+    def statements(self, backend: int) -> list[str]:
+        """The statements that server process ran since the mark."""
+        return [m[2] for m in self._STATEMENT.finditer(self.text()) if int(m[1]) == backend]
+
+
+# -- people, passwords and logging in -----------------------------------------------------------------
+
+
+def password(name: str) -> str:
+    """Every user the fixtures make has the password ``<name>-password``."""
+    return f"{name}-password"
+
+
+@cache
+def password_hash(plain: str) -> str:
+    """An argon2id hash made by the argon2 library directly, never by the code under test."""
+    return argon2.PasswordHasher().hash(plain)
+
+
+@dataclass
+class People:
+    """Users of a small lab in a fresh database, for login tests (see the ``people`` fixture)."""
+
+    dsn: str
+    ids: dict[str, int]
+    groups: dict[str, int]
+
+    @staticmethod
+    def password(name: str) -> str:
+        return password(name)
+
+
+def login(where: People | SessionManager | str, name: str = "alice") -> Session:
+    """Log ``name`` in with their password through a manager (or a new one for a DSN)."""
+    if isinstance(where, People):
+        where = where.dsn
+    manager = SessionManager(where) if isinstance(where, str) else where
+    return manager.create_session(name, password(name))
+
+
+# -- time and ports -----------------------------------------------------------------------------------
+
+
+def wait_for(what: str, condition: Callable[[], T], timeout: float = 60.0) -> T:
+    """Poll ``condition`` until it returns something true, and return that.
+
+    The timeout is a deadline for a condition that should come true, far beyond any healthy
+    wait: reaching it fails the test, naming ``what`` was awaited. Never a measure of speed.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting for {what} after {timeout:g} s")
+        time.sleep(0.02)
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now (another process may take it before it
+    is used: a caller that binds it later retries with another on "address in use")."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+# -- the command ---------------------------------------------------------------------------------------
+
+
+def command_env(**extra: str) -> dict[str, str]:
+    """This process's environment (the test's isolated settings, key store and data directory)
+    with ``extra`` added and this checkout first on the import path."""
+    env = {**os.environ, **extra}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return env
+
+
+def ome_session(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``ome-session ARGS`` to completion as a real program, with no terminal on stdin."""
+    return subprocess.run([sys.executable, "-m", "ome_session", *args], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, env=command_env(**env), timeout=120, check=False)
