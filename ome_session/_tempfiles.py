@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ome_session.errors import ConfigurationError
+from . import _safefs
 
 __all__ = ["TempFiles", "default_root", "reap"]
 
@@ -35,7 +35,6 @@ _PROCESS_DIR = re.compile(r"([1-9][0-9]{0,9})-([0-9]{1,20}|nostart)")
 # Written instead of a start time where /proc cannot tell one: the pid is then all we go on.
 _NO_START = "nostart"
 _ATTEMPTS = 100
-_FILE_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_WRONLY | os.O_CLOEXEC
 
 
 def default_root() -> Path:
@@ -58,36 +57,13 @@ def _check_name(value: str, what: str) -> None:
         )
 
 
-def _check_private_dir(path: Path, what: str) -> None:
-    """Refuse a directory other users could write to or redirect: our files would not be private."""
-    st = os.lstat(path)
-    fix = (
-        f"point tmp_dir at a directory of your own with mode 0700 (e.g. remove {path})"
-    )
-    if stat.S_ISLNK(st.st_mode):
-        raise ConfigurationError(f"{what} {path} is a symbolic link; {fix}")
-    if not stat.S_ISDIR(st.st_mode):
-        raise ConfigurationError(f"{what} {path} is not a directory; {fix}")
-    if st.st_uid != os.getuid():
-        raise ConfigurationError(
-            f"{what} {path} belongs to uid {st.st_uid}, not to this user (uid {os.getuid()}); {fix}"
-        )
-    if st.st_mode & 0o022:
-        raise ConfigurationError(
-            f"{what} {path} is group- or world-writable (mode {stat.S_IMODE(st.st_mode):04o}); "
-            f"run `chmod 0700 {path}` or {fix}"
-        )
+def _fix(path: Path) -> str:
+    return f"point tmp_dir at a directory of your own with mode 0700 (e.g. remove {path})"
 
 
 def _make_private_dir(path: Path, what: str, parents: bool = False) -> None:
     """Create *path* as 0700 if missing, then check that whatever is there is really ours."""
-    try:
-        path.mkdir(mode=0o700, parents=parents)
-    except FileExistsError:
-        pass
-    else:
-        os.chmod(path, 0o700)  # a umask such as 0o277 would otherwise lock us out
-    _check_private_dir(path, what)
+    _safefs.private_dir(path, what=what, fix=_fix(path), parents=parents)
 
 
 def _read_start_time(pid: int) -> str | None:
@@ -144,16 +120,7 @@ def _remove(path: Path) -> None:
 
 
 def _make_file(path: Path) -> None:
-    fd = os.open(path, _FILE_FLAGS, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # exactly 0600 whatever the umask
-    finally:
-        os.close(fd)
-
-
-def _make_dir(path: Path) -> None:
-    os.mkdir(path, 0o700)
-    os.chmod(path, 0o700)
+    os.close(_safefs.new_file(path))
 
 
 class _Registry:
@@ -215,7 +182,7 @@ class TempFiles:
 
     def new_dir(self, prog_name: str = "ome", extension: str = "dir") -> Path:
         """Create an empty 0700 scratch directory and register it."""
-        return self._create(prog_name, extension, _make_dir)
+        return self._create(prog_name, extension, _safefs.new_dir)
 
     def finish(self, path: str | os.PathLike[str]) -> None:
         """Delete a path this process created here (a file or a whole tree) and unregister it.
@@ -301,9 +268,8 @@ def reap(root: Path | None = None) -> list[Path]:
     other. Directories of live processes, including our own, are kept.
     """
     root = Path(os.path.abspath(root if root is not None else default_root()))
-    if not os.path.lexists(root):
+    if not _safefs.private_dir(root, what="temporary-file root", fix=_fix(root), create=False):
         return []
-    _check_private_dir(root, "temporary-file root")
     removed: list[Path] = []
     from filelock import FileLock  # only reaping locks: keep `import ome_session` light
 

@@ -4,8 +4,8 @@
 ``OmeroSessionStore`` is the ``omero`` CLI's (``<dir>/<url-quoted host>/<user>/<uuid>``, ``omero.*``
 lines, ``._LAST*_`` pointers), so ``omero login`` sessions can be joined and ours listed by it.
 Every directory is opened relative to its parent without following symlinks and checked (ours, not
-writable by others) before it is used; changes are made under a file lock by renaming a fsynced
-temporary file into place, so a reader sees the old file or the new one, never part of one.
+writable by others) before it is used; changes are made under a file lock, each file replaced
+atomically (the rules are ``_safefs``'s).
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import contextlib
 import logging
 import os
 import re
-import secrets
-import stat
 import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -28,6 +26,7 @@ from urllib.parse import quote
 import platformdirs
 from filelock import FileLock
 
+from . import _safefs
 from ._keys import key_prefix, validate_key
 from .errors import ConfigurationError, SessionKeyError
 
@@ -37,9 +36,6 @@ _MAX_BYTES = 64 * 1024  # an entry is a few short lines; anything bigger is not 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _EXTRA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _OMERO_PORT = 4064  # what the omero CLI records as the last port when none was given
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO cannot hang us
-_NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _check_text(what: str, value: object, *, empty: bool = False) -> str:
@@ -159,98 +155,30 @@ def _props(text: str) -> dict[str, str]:
     return props
 
 
-def _check_owner(st: os.stat_result, shown: str) -> None:
-    """Only what this user owns and nobody else can change may hold keys or lead to them."""
-    if st.st_uid != os.geteuid():
-        msg = f"{shown} belongs to uid {st.st_uid}, not to uid {os.geteuid()} (this process)"
-        raise ConfigurationError(f"{msg}; the key store refuses it: remove it or use another dir")
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ConfigurationError(f"{shown} is writable by others; fix it: chmod go-w '{shown}'")
+_FIX = "the key store refuses it: remove it, or use another directory"
 
 
 def _open_dir(name: str, dir_fd: int | None, shown: str, *, create: bool) -> int | None:
-    """Open one directory level without following a symlink; None if absent and not created."""
-    created = False
-    if create:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(name, 0o700, dir_fd=dir_fd)
-            created = True
-    try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-    except FileNotFoundError:
-        if create:
-            raise
-        return None
-    except OSError as exc:  # ELOOP: a symlink; ENOTDIR: something else
-        msg = f"{shown} is a symlink or not a directory; the key store refuses it"
-        raise ConfigurationError(f"{msg}: remove it or use another directory") from exc
-    try:
-        if created:
-            os.fchmod(fd, 0o700)  # a umask can only take bits away; say exactly what we mean
-        _check_owner(os.fstat(fd), shown)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return _safefs.open_private_dir(name, dir_fd=dir_fd, shown=shown, fix=_FIX, create=create)
 
 
 def _read(dir_fd: int, name: str, shown: str) -> str | None:
     """A small text file of ours, or None if absent; ValueError if it is not such text."""
-    try:
-        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
-    except FileNotFoundError:
+    data = _safefs.read_private(dir_fd, name, shown=shown, fix=_FIX, limit=_MAX_BYTES)
+    if data is None:
         return None
-    except OSError as exc:
-        raise ConfigurationError(f"{shown} is a symlink or unreadable ({exc.strerror})") from exc
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigurationError(f"{shown} is not a regular file")
-        _check_owner(st, shown)
-        data = b""
-        while chunk := os.read(fd, _MAX_BYTES + 1 - len(data)):
-            data += chunk
-            if len(data) > _MAX_BYTES:
-                raise ValueError(f"larger than {_MAX_BYTES // 1024} KiB")
-    finally:
-        os.close(fd)
     if b"\0" in data:
         raise ValueError("binary content")
     return data.decode("utf-8")  # UnicodeDecodeError is a ValueError
 
 
 def _own_file(dir_fd: int, name: str, shown: str) -> bool:
-    """Whether ``name`` exists; refuses to touch a symlink or a file that is not ours."""
-    try:
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigurationError(f"{shown} is a symlink or not a regular file; remove it by hand")
-    _check_owner(st, shown)
-    return True
+    return _safefs.private_file_exists(dir_fd, name, shown=shown, fix=_FIX)
 
 
 def _write(dir_fd: int, name: str, text: str, shown: str) -> None:
-    """Replace one file atomically: a crash at any point leaves the old content or the new."""
-    _own_file(dir_fd, name, shown)
-    tmp = f".tmp-{secrets.token_hex(8)}"  # a dot name: our listing and the omero CLI's skip it
-    fd = os.open(tmp, _NEW_FLAGS, 0o600, dir_fd=dir_fd)
-    try:
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(text.encode("utf-8"))
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dir_fd)
-        raise
-    os.fsync(dir_fd)  # the rename itself survives a power cut
+    _own_file(dir_fd, name, shown)  # never replace what is not ours (a planted symlink, say)
+    _safefs.write_atomic(dir_fd, name, text.encode("utf-8"))
 
 
 class KeyStore:
