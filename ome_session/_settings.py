@@ -17,6 +17,7 @@ from typing import Any
 
 import platformdirs
 
+from . import _safefs
 from .errors import ConfigurationError
 
 SYSTEM_SETTINGS = Path("/etc/ome-session/settings.json")
@@ -135,18 +136,8 @@ def write_settings(settings: Settings, path: Path | None = None) -> Path:
     """Write the settings file atomically with mode 0600 (it may hold a password)."""
     path = path or settings_path()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(settings.to_json(), handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    text = json.dumps(settings.to_json(), indent=2, sort_keys=True) + "\n"
+    _safefs.write_file_atomic(path, text.encode("utf-8"))
     return path
 
 
