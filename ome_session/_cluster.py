@@ -27,6 +27,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from ._connection import DEFAULT_CONNECT_TIMEOUT
 from .errors import ConfigurationError, DatabaseUnavailable
 
 _log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ class Cluster:
 
     def ensure_database(self, name: str) -> None:
         try:
-            with psycopg.connect(self.dsn(), autocommit=True, connect_timeout=10) as conn:
+            with psycopg.connect(self.dsn(), autocommit=True, connect_timeout=DEFAULT_CONNECT_TIMEOUT) as conn:
                 if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
                     return
                 # Another process may create it between our check and our CREATE.

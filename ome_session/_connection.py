@@ -12,7 +12,7 @@ import logging
 import os
 import select
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import psycopg
@@ -23,7 +23,9 @@ from .errors import DatabaseError, DatabaseUnavailable, IntegrityError, Transact
 
 log = logging.getLogger(__name__)
 
+# The defaults of the two connection settings (see ``_settings.Settings``).
 DEFAULT_CONNECT_TIMEOUT = 10
+DEFAULT_PREPARE_THRESHOLD: int | None = 5
 
 
 def describe_dsn(dsn: str) -> str:
@@ -43,7 +45,7 @@ class Connection:
     """A psycopg connection (autocommit off) that this process owns, reopened on demand."""
 
     def __init__(self, dsn: str, *, connect_timeout: int = DEFAULT_CONNECT_TIMEOUT,
-                 prepare_threshold: int | None = 5) -> None:
+                 prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD) -> None:
         self.dsn = dsn
         self.connect_timeout = connect_timeout
         self.prepare_threshold = prepare_threshold
@@ -168,22 +170,13 @@ class Connection:
         """In a freshly forked child: make the inherited socket harmless, take no locks.
 
         Runs inside the at-fork hook, where another thread of the parent may have held psycopg's
-        connection lock: so no psycopg call but reading the socket number. The fd is pointed at
-        /dev/null and kept open (closing it would let the number be reused by an unrelated file).
+        connection lock: so no psycopg call but reading the socket number (see ``_mute``).
         """
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        try:
-            if not conn.closed:
-                fd = conn.pgconn.socket
-                devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-                try:
-                    os.dup2(devnull, fd, inheritable=False)  # keep libpq's close-on-exec
-                finally:
-                    os.close(devnull)
-        except (OSError, psycopg.Error):
-            pass
+        if not conn.closed:
+            _mute(conn)
         _INHERITED.append(conn)  # never collected in the child: nothing can reach its socket again
 
     @contextmanager
@@ -243,12 +236,10 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _discard(conn: psycopg.Connection[Any]) -> None:
-    """Free an inherited connection without sending anything on the parent's socket.
-
-    PQfinish writes a Terminate message before closing; pointing the fd at /dev/null first makes
-    that write harmless (libpq ignores the error) and closes the fd in this process only.
-    """
+def _mute(conn: psycopg.Connection[Any]) -> bool:
+    """Point an inherited connection's socket at /dev/null: nothing written to it can reach the
+    parent's server any more. The fd stays open (closing it would let the number be reused by an
+    unrelated file) and keeps libpq's close-on-exec. Returns whether it worked."""
     try:
         fd = conn.pgconn.socket
         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
@@ -256,6 +247,18 @@ def _discard(conn: psycopg.Connection[Any]) -> None:
             os.dup2(devnull, fd, inheritable=False)
         finally:
             os.close(devnull)
-        conn.close()
     except (OSError, psycopg.Error):
-        pass  # dropping the reference is still safe: psycopg only PQfinishes in the owning pid
+        return False
+    return True
+
+
+def _discard(conn: psycopg.Connection[Any]) -> None:
+    """Free an inherited connection without sending anything on the parent's socket.
+
+    PQfinish writes a Terminate message before closing; muting the socket first makes that write
+    harmless (libpq ignores the error) and closes the fd in this process only. If the socket
+    cannot be muted the connection is only dropped: psycopg PQfinishes only in the owning pid.
+    """
+    if _mute(conn):
+        with suppress(OSError, psycopg.Error):
+            conn.close()

@@ -18,6 +18,7 @@ from typing import Any
 import platformdirs
 
 from . import _safefs
+from ._connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREPARE_THRESHOLD
 from .errors import ConfigurationError
 
 SYSTEM_SETTINGS = Path("/etc/ome-session/settings.json")
@@ -36,9 +37,9 @@ class Settings:
     source: str
     backend: str = "local"
     embedded_datadir: str | None = None
-    connect_timeout: int = 10
+    connect_timeout: int = DEFAULT_CONNECT_TIMEOUT
     # None switches off server-side prepared statements (pgbouncer in transaction mode).
-    prepare_threshold: int | None = 5
+    prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD
     extra: dict[str, Any] = field(default_factory=dict)
 
     def connection_options(self) -> dict[str, Any]:
@@ -95,8 +96,8 @@ def _from_file(path: Path) -> Settings:
     if not isinstance(data, dict):
         raise ConfigurationError(f"settings file {path} is not a JSON object; re-run `ome-session install`")
     source = f"settings file {path}"
-    timeout = _int_or(data.get("connect_timeout"), 10, path)
-    prepare = data.get("prepare_threshold", 5)
+    timeout = _int_or(data.get("connect_timeout"), DEFAULT_CONNECT_TIMEOUT, path)
+    prepare = data.get("prepare_threshold", DEFAULT_PREPARE_THRESHOLD)
     if prepare is not None and not isinstance(prepare, int):
         raise ConfigurationError(f"{path}: prepare_threshold must be an integer or null")
     known = ("dsn", "embedded", "connect_timeout", "prepare_threshold", "backend")
