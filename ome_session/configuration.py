@@ -7,8 +7,6 @@ through Perl's ``Safe``). Every name is declared below with its type and default
 
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg.types.json import Jsonb
 
+from ._tempfiles import default_root
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -32,7 +31,7 @@ class _Variable:
 
 
 def _default_tmp_dir() -> str:
-    return str(Path(tempfile.gettempdir()) / f"ome-session-{os.getuid()}")
+    return str(default_root())
 
 
 VARIABLES: dict[str, _Variable] = {
