@@ -25,12 +25,12 @@ from contextlib import suppress
 from . import _keys, cli
 from ._maintenance import GroupInfo
 from ._tty import DEFAULT_SERVER
+from .backends.omero import DEFAULT_PORT, OmeroBackend
 from .errors import AuthenticationError, NoSessionError, SessionError, SessionKeyError
 from .keystore import OmeroSessionStore, StoredSession
 from .manager import SessionManager
 from .session import Session
 
-DEFAULT_PORT = 4064
 _ALL_GROUPS = "-1"
 _PROBE_KEY = "00000000-0000-4000-8000-000000000000"  # stands in for a key when checking names
 _LOCAL_ONLY = {
@@ -189,7 +189,7 @@ def _authenticate(manager: SessionManager, user: str, password: str, sudo: str |
 
 def _remember(session: Session, store: OmeroSessionStore, group: str | None) -> StoredSession:
     """Switch to ``group`` if asked, then store the session in the omero CLI's format, current."""
-    from .backends.omero import remember_omero_login
+    from .omero_login import remember_omero_login
 
     if group:
         session.set_group(group)
@@ -240,8 +240,6 @@ def group(ctx: OmeroContext) -> int:
 
 
 def _groups(session: Session) -> list[GroupInfo]:
-    from .backends.omero import OmeroBackend
-
     backend, login = session.backend, session._login
     if not isinstance(backend, OmeroBackend) or login is None:
         raise SessionError("not an OMERO session")

@@ -27,15 +27,14 @@ import platformdirs
 from filelock import FileLock
 
 from . import _safefs
-from ._keys import key_prefix, validate_key
+from ._keys import is_omero_key, key_prefix, validate_key
+from .backends.omero import DEFAULT_PORT
 from .errors import ConfigurationError, SessionKeyError
 
 _log = logging.getLogger(__name__)
 
 _MAX_BYTES = 64 * 1024  # an entry is a few short lines; anything bigger is not one
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _EXTRA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_OMERO_PORT = 4064  # what the omero CLI records as the last port when none was given
 
 
 def _check_text(what: str, value: object, *, empty: bool = False) -> str:
@@ -62,7 +61,7 @@ def _check_key(key: object, backend: str) -> None:
             validate_key(key)
         except SessionKeyError as exc:
             raise ValueError(str(exc)) from None
-    elif not isinstance(key, str) or _UUID.fullmatch(key) is None:
+    elif not is_omero_key(key):
         raise ValueError("malformed OMERO session key: it is a lowercase UUID")
 
 
@@ -294,8 +293,7 @@ class KeyStore:
         _check_text("server", server)
         _check_text("user", user)
         # Ours holds both backends' keys; the omero CLI's store only OMERO's.
-        is_uuid = isinstance(key, str) and _UUID.fullmatch(key) is not None
-        _check_key(key, self._format.backend or ("omero" if is_uuid else "local"))
+        _check_key(key, self._format.backend or ("omero" if is_omero_key(key) else "local"))
         host = quote(server, safe="") if self._format.quote_server else server
         return [_component(host), _component(user), key]
 
@@ -409,7 +407,7 @@ class OmeroSessionStore(KeyStore):
 
     def _write_current(self, s: StoredSession, parts: Sequence[str]) -> None:
         self._write_in([], "._LASTHOST_", s.server)
-        self._write_in([], "._LASTPORT_", str(s.port or _OMERO_PORT))
+        self._write_in([], "._LASTPORT_", str(s.port or DEFAULT_PORT))  # as the omero CLI records no port
         self._write_in(parts[:1], "._LASTUSER_", s.user)
         self._write_in(parts[:2], "._LASTSESS_", s.key)
 

@@ -29,9 +29,9 @@ import omero.clients
 from omero.util.sessions import SessionsStore
 
 from ome_session import Session, SessionManager
-from ome_session.backends import omero as omero_backend
 from ome_session.backends.local import _BAD_LOGIN
-from ome_session.backends.omero import OmeroBackend, join_current_omero_login, remember_omero_login
+from ome_session.backends.omero import OmeroBackend
+from ome_session.backends.omero._parking import OPEN as OPEN_CLIENTS
 from ome_session.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -42,6 +42,7 @@ from ome_session.errors import (
     SessionKeyError,
 )
 from ome_session.keystore import OmeroSessionStore
+from ome_session.omero_login import join_current_omero_login, remember_omero_login
 from tests.helpers import People, wait_for
 from tests.omero_standin import StandinInfo, StandinUser, running_standin
 
@@ -67,7 +68,7 @@ def _nothing_left_open() -> Iterator[None]:
     yield
     Session.delete_instance(force=True)
     Session._inherited_backend = None
-    assert list(omero_backend._OPEN) == []
+    assert list(OPEN_CLIENTS) == []
 
 
 @pytest.fixture
@@ -467,7 +468,7 @@ def test_every_path_closes_what_it_opened(server: StandinInfo) -> None:
     m.create_session(key=key)
     Session.delete_instance(force=True)
 
-    assert list(omero_backend._OPEN) == []
+    assert list(OPEN_CLIENTS) == []
     assert os_threads() <= baseline  # every communicator's threads (and the keepalive) are gone
     assert live(server)[key]["refcount"] == 0
 

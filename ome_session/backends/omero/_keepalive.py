@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from ..errors import SessionError, SessionKeyError
+from ...errors import SessionError, SessionKeyError
 
 log = logging.getLogger(__name__)
 
