@@ -14,146 +14,22 @@ import builtins
 import contextlib
 import logging
 import os
-import re
-import unicodedata
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any
 from urllib.parse import quote
 
 import platformdirs
 from filelock import FileLock
 
 from . import _safefs
-from ._keys import is_omero_key, key_prefix, validate_key
+from ._keyfile import OME, OMERO, StoredSession, check_key, check_text, component, read_props
+from ._keys import is_omero_key, key_prefix
 from .backends.omero import DEFAULT_PORT
-from .errors import ConfigurationError, SessionKeyError
+from .errors import ConfigurationError
 
 _log = logging.getLogger(__name__)
 
 _MAX_BYTES = 64 * 1024  # an entry is a few short lines; anything bigger is not one
-_EXTRA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-def _check_text(what: str, value: object, *, empty: bool = False) -> str:
-    """Reject what would break a ``key=value`` line or a terminal."""
-    if not isinstance(value, str) or not (value or empty):
-        raise ValueError(f"{what} must be a non-empty string, not {value!r}")
-    if any(unicodedata.category(c) == "Cc" for c in value):
-        raise ValueError(f"{what} contains a control character: {value!r}")
-    return value
-
-
-def _component(part: str) -> str:
-    """A name that stays inside its directory and cannot collide with the store's dot files."""
-    _check_text("path component", part)
-    if "/" in part or part.startswith(".") or len(part.encode("utf-8")) > 255:
-        raise ValueError(f"{part!r} cannot be a key store path component (no '/', no leading '.')")
-    return part
-
-
-def _check_key(key: object, backend: str) -> None:
-    """The key shape each backend issues; the message never echoes the key, a secret."""
-    if backend != "omero":
-        try:
-            validate_key(key)
-        except SessionKeyError as exc:
-            raise ValueError(str(exc)) from None
-    elif not is_omero_key(key):
-        raise ValueError("malformed OMERO session key: it is a lowercase UUID")
-
-
-@dataclass(frozen=True)
-class StoredSession:
-    """One remembered login: where, who, and the key to rejoin it. There is no password field."""
-
-    server: str
-    user: str
-    key: str = field(repr=False)  # a live key must not end up in a log by way of a repr
-    port: int | None = None
-    group: str | None = None
-    sudo: str | None = None  # the admin or group owner who logged in as ``user``
-    timeout: int | None = None
-    backend: str = "local"  # "local" (32 hex key) or "omero" (UUID key)
-    extra: Mapping[str, str] = field(default_factory=dict, hash=False)
-
-    def __post_init__(self) -> None:
-        for what in ("server", "user", "group", "sudo"):
-            if what in ("server", "user") or getattr(self, what) is not None:
-                _check_text(what, getattr(self, what))
-        if self.backend not in ("local", "omero"):
-            raise ValueError(f"backend must be 'local' or 'omero', not {self.backend!r}")
-        _check_key(self.key, self.backend)
-        if self.port is not None and (type(self.port) is not int or not 0 < self.port < 65536):
-            raise ValueError(f"port must be an integer from 1 to 65535, not {self.port!r}")
-        if self.timeout is not None and (type(self.timeout) is not int or self.timeout < 0):
-            raise ValueError(f"timeout must be a whole number of seconds, not {self.timeout!r}")
-        extra = dict(self.extra)
-        for name, value in extra.items():
-            if not isinstance(name, str) or _EXTRA_NAME.fullmatch(name) is None:
-                raise ValueError(f"extra field name {name!r}: use letters, digits, '_', '.', '-'")
-            if "pass" in name.lower():
-                raise ValueError(f"extra field {name!r} looks like a password; none is ever stored")
-            _check_text(f"extra field {name!r}", value, empty=True)
-        object.__setattr__(self, "extra", MappingProxyType(extra))  # frozen means frozen
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        """Pickle through the constructor: a mappingproxy cannot be pickled, and this re-checks."""
-        values = [getattr(self, f.name) for f in fields(self)]
-        return (type(self), (*values[:-1], dict(self.extra)))
-
-
-@dataclass(frozen=True)
-class _Format:
-    """What differs between our files and the omero CLI's."""
-
-    names: Mapping[str, str]  # StoredSession field -> property name in the file
-    quote_server: bool  # the CLI url-quotes the host, so "wss://h/x" is one path component
-    backend: str | None  # None: recorded in each entry
-
-    def dump(self, s: StoredSession) -> str:
-        lines = [f"{p}={getattr(s, f)}" for f, p in self.names.items() if getattr(s, f) is not None]
-        for name, value in sorted(s.extra.items()):
-            if name in self.names.values():
-                raise ValueError(f"extra field {name!r} would overwrite a field of the entry")
-            lines.append(f"{name}={value}")
-        return "\n".join(lines) + "\n"
-
-    def parse(self, text: str) -> StoredSession:
-        props = _props(text)
-        fields: dict[str, Any] = {}
-        for f, p in self.names.items():
-            if value := props.pop(p, ""):  # the CLI may leave optional values empty
-                fields[f] = int(value) if f in ("port", "timeout") else value
-        if missing := [self.names[f] for f in ("server", "user", "key") if f not in fields]:
-            raise ValueError(f"missing {', '.join(missing)}")
-        if self.backend is not None:
-            fields["backend"] = self.backend
-        return StoredSession(**fields, extra=props)
-
-
-_FIELDS = ("server", "user", "key", "port", "group", "sudo", "timeout", "backend")
-_OME = _Format({f: f"ome.{f}" for f in _FIELDS}, quote_server=False, backend=None)
-_OMERO_WORDS = {"server": "host", "key": "sess"}  # the CLI's names for two of our fields
-_OMERO = _Format(
-    {f: "omero." + _OMERO_WORDS.get(f, f) for f in _FIELDS if f != "backend"},
-    quote_server=True,
-    backend="omero",
-)
-
-
-def _props(text: str) -> dict[str, str]:
-    """``key=value`` lines read as the omero CLI reads them: the last duplicate wins."""
-    props = {}
-    for line in text.split("\n"):
-        if line := line.rstrip("\r"):
-            name, _, value = line.partition("=")
-            props[name] = value
-    return props
-
-
 _FIX = "the key store refuses it: remove it, or use another directory"
 
 
@@ -188,7 +64,7 @@ class KeyStore:
     and skips every entry it cannot read, and nothing here deletes such an entry.
     """
 
-    _format = _OME
+    _format = OME
 
     def __init__(self, directory: Path | str | None = None) -> None:
         chosen = directory if directory is not None else self._default_directory()
@@ -257,7 +133,7 @@ class KeyStore:
         """Remove every readable entry matching the filters; return how many went."""
         for what, value in (("server", server), ("user", user)):
             if value is not None:
-                _check_text(what, value)
+                check_text(what, value)
         with self._locked():
             doomed = [
                 s for s in self.list() if server in (None, s.server) and user in (None, s.user)
@@ -270,7 +146,7 @@ class KeyStore:
         text = self._read_in([], ".current")
         if text is None:
             return None
-        props, names = _props(text), self._format.names
+        props, names = read_props(text), self._format.names
         try:
             return props[names["server"]], props[names["user"]], props[names["key"]]
         except KeyError as exc:
@@ -290,12 +166,12 @@ class KeyStore:
 
     def _parts(self, server: str, user: str, key: str) -> builtins.list[str]:
         """The on-disk names of an entry, checked so that none can leave its directory."""
-        _check_text("server", server)
-        _check_text("user", user)
+        check_text("server", server)
+        check_text("user", user)
         # Ours holds both backends' keys; the omero CLI's store only OMERO's.
-        _check_key(key, self._format.backend or ("omero" if is_omero_key(key) else "local"))
+        check_key(key, self._format.backend or ("omero" if is_omero_key(key) else "local"))
         host = quote(server, safe="") if self._format.quote_server else server
-        return [_component(host), _component(user), key]
+        return [component(host), component(user), key]
 
     def _entry_parts(self, s: StoredSession) -> builtins.list[str]:
         if self._format.backend not in (None, s.backend):
@@ -386,7 +262,7 @@ class OmeroSessionStore(KeyStore):
     neither locks nor writes atomically; our own changes do both.
     """
 
-    _format = _OMERO
+    _format = OMERO
 
     @staticmethod
     def _default_directory() -> Path:
@@ -398,11 +274,11 @@ class OmeroSessionStore(KeyStore):
 
     def _read_current(self) -> tuple[str, str, str] | None:
         host = (self._read_in([], "._LASTHOST_") or "").strip()
-        qhost = _component(quote(host, safe="")) if host else ""
+        qhost = component(quote(host, safe="")) if host else ""
         user = (self._read_in([qhost], "._LASTUSER_") or "").strip() if host else ""
         if not user:
             return None
-        sess = (self._read_in([qhost, _component(user)], "._LASTSESS_") or "").strip()
+        sess = (self._read_in([qhost, component(user)], "._LASTSESS_") or "").strip()
         return (host, user, sess) if sess else None
 
     def _write_current(self, s: StoredSession, parts: Sequence[str]) -> None:
