@@ -1,10 +1,12 @@
 """What the tests share, written once: a throwaway PostgreSQL server, SQL on a connection of its
 own, passwords and their hashes, logging in, the server process behind a session, free ports,
-waiting for a condition, and running the command.
+waiting for a condition, running the command, and the oracles for secrets.
 
-Oracles live here too, so that they never share code with what they check: SQL runs on a separate
-connection (what the server holds, not what a session believes), password hashes are made and
-checked with the argon2 library itself, never with ``ome_session._passwords``.
+The oracles never share code with what they check: SQL runs on a separate connection (what the
+server holds, not what a session believes); a key's digest is computed here with hashlib;
+password hashes are made and checked with the argon2 library itself, never with
+``ome_session._passwords``; leaks are searched for in every column of every table, in the
+server's log and in files, as text and as the hex and base64 of the secret's bytes.
 
 No pytest at module level: the benchmark suite (``bench/``) and the soak run use the same server
 and ports outside pytest. A failed wait raises ``AssertionError``, which pytest shows as a failure.
@@ -13,6 +15,8 @@ and ports outside pytest. A failed wait raises ``AssertionError``, which pytest 
 from __future__ import annotations
 
 import atexit
+import base64
+import hashlib
 import os
 import re
 import shutil
@@ -21,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -29,6 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import argon2
+import argon2.exceptions
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
@@ -186,6 +191,102 @@ def login(where: People | SessionManager | str, name: str = "alice") -> Session:
         where = where.dsn
     manager = SessionManager(where) if isinstance(where, str) else where
     return manager.create_session(name, password(name))
+
+
+# -- oracles for secrets --------------------------------------------------------------------------------
+
+
+def key_digest(key: str) -> bytes:
+    """What the database must hold instead of ``key``: its SHA-256, computed here with hashlib."""
+    return hashlib.sha256(key.encode("ascii")).digest()
+
+
+def forms(secret: str | bytes) -> dict[str, str]:
+    """The ways a secret shows up in text: as itself (a string), and as the hex and base64 of its
+    bytes (a ``bytea`` column prints as hex; base64 is the other common encoding)."""
+    raw = secret.encode("utf-8") if isinstance(secret, str) else secret
+    shown = {"hex": raw.hex(), "base64": base64.b64encode(raw).decode("ascii")}
+    return {"text": secret, **shown} if isinstance(secret, str) else shown
+
+
+def find_secrets(places: Mapping[str, str], secrets: Mapping[str, str | bytes]) -> list[str]:
+    """Every ``place: secret as form`` where a form of a named secret appears in a place's text.
+
+    Case is ignored (hex may be printed in either case), so nothing is missed for its spelling.
+    """
+    found = []
+    for place, text in places.items():
+        haystack = text.lower()
+        for name, secret in secrets.items():
+            found += [f"{place}: {name} as {form}" for form, needle in forms(secret).items()
+                      if needle.lower() in haystack]
+    return found
+
+
+_COLUMNS = """
+SELECT c.table_name, c.column_name, c.data_type
+FROM information_schema.columns c JOIN information_schema.tables t USING (table_schema, table_name)
+WHERE c.table_schema = 'public' AND t.table_type = 'BASE TABLE'
+ORDER BY c.table_name, c.ordinal_position
+"""
+
+
+def database_text(dsn: str) -> dict[str, str]:
+    """Every value of every column of every table, as text (``bytea`` as hex), keyed
+    ``table.column``, read on a connection of its own: what a dump of the database would show."""
+    columns: dict[str, list[tuple[str, str]]] = {}
+    for table, column, kind in query(dsn, _COLUMNS):
+        columns.setdefault(table, []).append((column, kind))
+    found: dict[str, str] = {}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for table, cols in columns.items():
+            shown = [sql.SQL("encode({}, 'hex')" if kind == "bytea" else "{}::text").format(sql.Identifier(name))
+                     for name, kind in cols]
+            rows = conn.execute(sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(shown),
+                                                                     sql.Identifier(table))).fetchall()
+            for index, (name, _kind) in enumerate(cols):
+                found[f"{table}.{name}"] = "\n".join(str(row[index]) for row in rows if row[index] is not None)
+    return found
+
+
+def files_text(root: Path) -> dict[str, str]:
+    """The bytes of every file below ``root`` (names included), keyed by path, for scanning."""
+    found = {}
+    for path in sorted(root.rglob("*")) if root.exists() else []:
+        content = path.read_bytes() if path.is_file() and not path.is_symlink() else b""
+        found[str(path)] = path.name + "\n" + content.decode("latin-1")
+    return found
+
+
+# argon2id settings no stored hash may be weaker than: the OWASP minimum (19 MiB, 2 passes).
+MIN_MEMORY_KIB = 19 * 1024
+MIN_TIME_COST = 2
+
+
+def stored_password_problems(stored: str | None, plain: str) -> list[str]:
+    """Why ``stored`` is not a proper argon2id hash of ``plain``, checked with the argon2 library
+    itself: it verifies, it is argon2id, its parameters are not weak, and it does not hold the
+    password. An empty list means it is fine."""
+    if not stored:
+        return [f"no hash stored: {stored!r}"]
+    problems = []
+    if plain in stored:
+        problems.append("the password is in the stored hash")
+    try:
+        params = argon2.extract_parameters(stored)
+    except argon2.exceptions.InvalidHashError as exc:
+        return [*problems, f"not an argon2 hash ({exc})"]
+    try:
+        argon2.PasswordHasher().verify(stored, plain)
+    except argon2.exceptions.VerificationError as exc:
+        problems.append(f"does not verify the password ({exc})")
+    if params.type is not argon2.Type.ID:
+        problems.append(f"argon2 type {params.type.name}, not ID")
+    if params.memory_cost < MIN_MEMORY_KIB or params.time_cost < MIN_TIME_COST or params.parallelism < 1:
+        problems.append(f"weak parameters: {params}")
+    if params.salt_len < 16 or params.hash_len < 16:
+        problems.append(f"short salt or hash: {params}")
+    return problems
 
 
 # -- time and ports -----------------------------------------------------------------------------------

@@ -27,7 +27,8 @@ from ome_session._cluster import Cluster
 from ome_session._tty import DATABASE_FIELD
 from ome_session.errors import AuthenticationError
 from ome_session.keystore import KeyStore
-from tests.helpers import People, command_env, ome_session, query
+from tests.helpers import People, command_env, files_text, find_secrets, key_digest, ome_session, query
+
 
 def on_terminal(args: list[str], answers: list[str], **env: str) -> tuple[int, str, int]:
     """Run the command on a pseudo-terminal, answering each password prompt in turn.
@@ -97,8 +98,10 @@ def test_login_stores_only_the_key_and_whoami_in_a_new_process_uses_it(lab: Peop
     [entry] = store.list()
     path = store.file_for(entry)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert "alice-password" not in path.read_text()
+    secrets = {"alice's password": "alice-password", "the key's digest": key_digest(entry.key)}
+    assert find_secrets(files_text(store.directory), secrets) == []
     assert entry.extra[DATABASE_FIELD].startswith("t")  # the test database's name, no password
+    assert query(lab.dsn, "SELECT count(*) FROM ome_sessions WHERE key_digest = %s", key_digest(entry.key)) == [(1,)]
 
     who = ome_session("whoami")
     assert who.returncode == 0, who.stderr

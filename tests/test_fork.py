@@ -365,7 +365,8 @@ def _celery_style_task(n: int) -> dict[str, Any]:
         dbh = session.factory.obtain_dbh()
         session.factory.count_objects("Project")  # opens a transaction, which idle() rolls back
         return {"worker": os.getpid(), "backend": backend_pid(dbh, ask=True),
-                "init_backend": _worker_state["init_backend"], "user": session.user_name, "in_transaction": session.factory.in_transaction}
+                "init_backend": _worker_state["init_backend"], "user": session.user_name,
+                "in_transaction": session.factory.in_transaction}
     finally:
         Session.idle()  # task_postrun
 

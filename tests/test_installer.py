@@ -14,7 +14,7 @@ import pytest
 from psycopg import sql
 
 from ome_session._cluster import Cluster
-from tests.helpers import ome_session
+from tests.helpers import database_text, files_text, find_secrets, ome_session, query, stored_password_problems
 
 Dump = dict[str, list[str]]
 _counter = itertools.count()
@@ -74,6 +74,15 @@ def test_install_twice_leaves_identical_data_and_prints_each_step(empty_dsn: str
 
     login = ome_session("login", "-u", "root", OME_SESSION_PASSWORD="root-password")  # from the settings file
     assert login.returncode == 0, login.stderr
+
+
+def test_the_admin_password_is_stored_as_an_argon2id_hash_and_nowhere_in_clear(empty_dsn: str, tmp_path: Path) -> None:
+    code, out, errors = install(empty_dsn, "--tmp-dir", str(tmp_path / "tmp"))
+    assert code == 0, errors
+    [(stored,)] = query(empty_dsn, "SELECT password_hash FROM experimenters WHERE ome_name = 'root'")
+    assert stored_password_problems(stored, "root-password") == []
+    places = {**database_text(empty_dsn), **files_text(tmp_path / "config"), "output": out + errors}
+    assert find_secrets(places, {"the admin password": "root-password"}) == []
 
 
 def test_install_refuses_a_newer_schema_and_changes_nothing(db_dsn: str, tmp_path: Path) -> None:

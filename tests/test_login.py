@@ -7,11 +7,21 @@ import subprocess
 import sys
 import warnings
 
+import argon2
 import pytest
 
-from ome_session import Session, SessionManager, _keys
+from ome_session import Session, SessionManager
 from ome_session.errors import AuthenticationError, PermissionDenied, SessionError, SessionKeyError
-from tests.helpers import People, query
+from tests.helpers import (
+    People,
+    ServerLog,
+    database_text,
+    find_secrets,
+    key_digest,
+    login,
+    query,
+    stored_password_problems,
+)
 
 
 def test_password_login_binds_the_user(people: People) -> None:
@@ -33,11 +43,19 @@ def test_wrong_password_and_unknown_user_give_the_same_error(people: People) -> 
     assert not Session.has_instance()
 
 
-def test_the_key_is_never_stored_only_its_digest(people: People) -> None:
-    key = SessionManager(people.dsn).create_session("alice", "alice-password").session_key
-    dump = "\n".join(line for (line,) in query(people.dsn, "SELECT row_to_json(s)::text FROM ome_sessions s"))
-    assert key not in dump and key.upper() not in dump
-    assert query(people.dsn, "SELECT count(*) FROM ome_sessions WHERE key_digest = %s", _keys.digest(key)) == [(1,)]
+def test_the_key_is_never_stored_only_its_sha256_digest(people: People) -> None:
+    manager = SessionManager(people.dsn)
+    keys = {"alice's key": manager.create_session("alice", "alice-password").session_key,
+            "lena's key": manager.create_session("lena", "lena-password").session_key}
+    keys["lena's sudo key"] = manager.sudo_session("bob").session_key
+    digests = {f"digest of {name}": key_digest(key) for name, key in keys.items()}
+
+    stored = database_text(people.dsn)
+    assert find_secrets(stored, keys) == []
+    assert find_secrets({column: text for column, text in stored.items() if column != "ome_sessions.key_digest"},
+                        digests) == []
+    for key in keys.values():
+        assert query(people.dsn, "SELECT count(*) FROM ome_sessions WHERE key_digest = %s", key_digest(key)) == [(1,)]
 
 
 def test_a_key_from_one_process_resumes_in_another(people: People) -> None:
@@ -139,7 +157,7 @@ def test_logout_with_a_transaction_open_still_revokes_the_key(people: People) ->
 def _age_session(dsn: str, key: str, seconds: int) -> None:
     query(dsn, "UPDATE ome_sessions SET last_access = last_access - make_interval(secs => %s),"
               " started = started - make_interval(secs => %s) WHERE key_digest = %s",
-         seconds, seconds, _keys.digest(key))
+         seconds, seconds, key_digest(key))
 
 
 def test_an_idle_key_expires_and_stays_dead_when_the_timeout_is_raised(people: People) -> None:
@@ -188,17 +206,41 @@ def test_deactivated_user_cannot_resume(people: People) -> None:
         manager.create_session("alice", "alice-password")
 
 
-def test_legacy_crypt_hash_verifies_and_is_upgraded_to_argon2id(people: People) -> None:
+def _crypt(password: str, salt: str) -> str:
+    """crypt(3), as the original stored passwords: the standard library's, or where Python no
+    longer has it (3.13) the crypt-r package the project depends on there. Never a reason to skip."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        crypt = pytest.importorskip("crypt", reason="no crypt(3) module on this Python")
-        legacy = crypt.crypt("old-secret", "ab")
+        try:
+            import crypt as module
+        except ImportError:
+            import crypt_r as module  # type: ignore[no-redef]
+    return str(module.crypt(password, salt))
+
+
+def test_legacy_crypt_hash_verifies_and_is_upgraded_to_argon2id(people: People, server_log: ServerLog) -> None:
+    legacy = _crypt("old-secret", "ab")
+    assert len(legacy) == 13 and legacy.startswith("ab")  # traditional DES, as the original wrote it
     query(people.dsn, "UPDATE experimenters SET password_hash = %s WHERE ome_name = 'carol'", legacy)
     SessionManager(people.dsn).create_session("carol", "old-secret")
-    (stored,), = query(people.dsn, "SELECT password_hash FROM experimenters WHERE ome_name = 'carol'")
-    assert stored.startswith("$argon2id$")
+    [(stored,)] = query(people.dsn, "SELECT password_hash FROM experimenters WHERE ome_name = 'carol'")
+    assert stored_password_problems(stored, "old-secret") == []
+    places = {**database_text(people.dsn), "server log": server_log.text()}
+    assert find_secrets(places, {"carol's password": "old-secret"}) == []
     Session.delete_instance(force=True)
     assert SessionManager(people.dsn).create_session("carol", "old-secret").user.ome_name == "carol"
+
+
+def test_a_hash_with_weaker_argon2_parameters_is_replaced_at_the_next_login(people: People,
+                                                                             server_log: ServerLog) -> None:
+    weak = argon2.PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1).hash("carol-password")
+    query(people.dsn, "UPDATE experimenters SET password_hash = %s WHERE ome_name = 'carol'", weak)
+    login(people, "carol")
+    [(stored,)] = query(people.dsn, "SELECT password_hash FROM experimenters WHERE ome_name = 'carol'")
+    assert stored != weak
+    assert stored_password_problems(stored, "carol-password") == []
+    places = {**database_text(people.dsn), "server log": server_log.text()}
+    assert find_secrets(places, {"carol's password": "carol-password"}) == []
 
 
 def test_guest_login_is_refused_unless_guest_access_is_allowed(people: People) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 from ome_session import Session, SessionManager
 from tests.helpers import People, ServerLog, backend_pid, query
 
+
 def test_resuming_by_key_is_one_statement(people: People, server_log: ServerLog) -> None:
     manager = SessionManager(people.dsn)
     session = manager.create_session("alice", "alice-password")

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from ome_session import Session, SessionManager, _keys, _passwords
+from ome_session import Session, SessionManager, _passwords
 from ome_session.errors import SessionKeyError
 from ome_session.model import Project
-from tests.helpers import password, password_hash, query
+from tests.helpers import key_digest, password, password_hash, query
 
 from . import _setup
 
@@ -196,7 +196,7 @@ def check(dsn: str, outcome: Outcome) -> dict[str, Any]:
         problems.append(f"last_access moved backwards {backwards} times")
     if outcome.shared_key is not None:
         final = query(dsn, "SELECT last_access, closed_at FROM ome_sessions WHERE key_digest = %s",
-                             _keys.digest(outcome.shared_key))
+                      key_digest(outcome.shared_key))
         samples = [datetime.datetime.fromisoformat(v) for r in outcome.reports for v in r["shared"]]
         if not final or final[0][1] is not None:
             problems.append("the shared session was closed")

@@ -44,7 +44,8 @@ def add_users(dsn: str, names: Iterable[str], group: str = "workers", *,
         for name in names:
             row = conn.execute(
                 "INSERT INTO experimenters (ome_name, first_name, password_hash, group_id) "
-                "VALUES (%s, %s, %s, %s) RETURNING id", (name, name.title(), password_hash(password(name)), group_id)).fetchone()
+                "VALUES (%s, %s, %s, %s) RETURNING id",
+                (name, name.title(), password_hash(password(name)), group_id)).fetchone()
             assert row is not None
             ids[name] = row[0]
             conn.execute("INSERT INTO experimenter_group_map VALUES (%s, %s)", (ids[name], group_id))
@@ -70,13 +71,3 @@ def snapshot(dsn: str) -> dict[str, Any]:
         version = conn.execute("SELECT max(version) FROM schema_version").fetchone()
         config = conn.execute("SELECT name, value FROM configuration ORDER BY name").fetchall()
     return {"rows": counts, "schema_version": version[0] if version else None, "configuration": config}
-
-
-def dump_text(dsn: str) -> str:
-    """Every row of every table in its text form, for scanning for secrets."""
-    lines: list[str] = []
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for table in tables(dsn):
-            rows = conn.execute(sql.SQL("SELECT t::text FROM {} AS t").format(sql.Identifier(table))).fetchall()
-            lines += [f"{table}: {text}" for (text,) in rows]
-    return "\n".join(lines)
