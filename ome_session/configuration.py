@@ -7,6 +7,7 @@ through Perl's ``Safe``). Every name is declared below with its type and default
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -74,7 +75,34 @@ def _check(name: str, value: Any) -> Any:
         raise ConfigurationError(
             f"configuration {name!r} must be 0 (no limit) or a number of seconds up to {_MAX_SECONDS}"
         )
+    _check_storable(name, value)
     return value
+
+
+def _check_storable(name: str, value: Any) -> None:
+    """Refuse, before any SQL, what jsonb cannot hold: NUL or a lone surrogate in text (keys too)
+    and numbers that are not finite. PostgreSQL would reject them mid-transaction."""
+    if isinstance(value, str):
+        if "\x00" in value or _has_lone_surrogate(value):
+            raise ConfigurationError(f"configuration {name!r}: text cannot hold NUL characters or lone "
+                                     f"surrogates ({value!r:.40})")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigurationError(f"configuration {name!r}: numbers must be finite, not {value}")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_storable(name, key)
+            _check_storable(name, item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_storable(name, item)
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 class Configuration:
