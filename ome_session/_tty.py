@@ -9,14 +9,14 @@ only a label: two databases may well both be "localhost".
 from __future__ import annotations
 
 import getpass
-import sys
 import unicodedata
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from psycopg.conninfo import conninfo_to_dict
 
-from .errors import AuthenticationError, SessionError, SessionKeyError
+from . import _prompt
+from .errors import SessionError, SessionKeyError
 from .keystore import KeyStore, StoredSession
 
 if TYPE_CHECKING:
@@ -24,11 +24,8 @@ if TYPE_CHECKING:
     from .session import Session
 
 DEFAULT_SERVER = "localhost"
-ATTEMPTS = 3
 # The extra field of a stored entry that names its database (never a password: see database_label).
 DATABASE_FIELD = "ome.database"
-
-Prompt = Callable[[str], str]
 
 
 def database_label(dsn: str) -> str:
@@ -56,43 +53,18 @@ def candidates(store: KeyStore, *, server: str, user: str, database: str, sudo: 
     return sorted(found, key=lambda s: current is None or s.key != current.key)
 
 
-def resume_stored(manager: SessionManager, store: KeyStore,
+def resume_stored(resume: Callable[[StoredSession], Session], store: KeyStore,
                   entries: list[StoredSession]) -> tuple[Session, StoredSession] | None:
     """The first entry whose key still lives, resumed; dead ones are removed from the store.
 
-    A key the database rejects is closed for good, so forgetting it loses nothing.
+    A key the server rejects is closed for good, so forgetting it loses nothing.
     """
     for entry in entries:
         try:
-            session = manager.create_session(key=entry.key)
+            return resume(entry), entry
         except SessionKeyError:
             store.remove(entry)
-            continue
-        return session, entry
     return None
-
-
-def ask_password(authenticate: Callable[[str], Session], *, prompt: Prompt = getpass.getpass,
-                 attempts: int = ATTEMPTS, label: str = "Password: ") -> Session:
-    """Ask up to ``attempts`` times; the last ``AuthenticationError`` is raised when all fail.
-
-    Only a rejected login is retried: an unreachable database or a refusal (``PermissionDenied``)
-    ends the loop at once.
-    """
-    if attempts < 1:
-        raise ValueError(f"attempts must be at least 1, not {attempts}")
-    for attempt in range(1, attempts + 1):
-        try:
-            password = prompt(label)
-        except EOFError:
-            raise AuthenticationError("login abandoned: no password was given") from None
-        try:
-            return authenticate(password)
-        except AuthenticationError as exc:
-            if attempt == attempts:
-                raise AuthenticationError(f"{exc} ({attempts} attempts)") from None
-            print(f"{exc}; try again", file=sys.stderr)
-    raise AssertionError("unreachable")
 
 
 def remember(store: KeyStore, session: Session, *, server: str, database: str, port: int | None = None,
@@ -113,8 +85,8 @@ def remember(store: KeyStore, session: Session, *, server: str, database: str, p
 
 
 def tty_login(manager: SessionManager, *, server: str = DEFAULT_SERVER, user: str | None = None,
-              store: KeyStore | None = None, prompt: Prompt = getpass.getpass,
-              attempts: int = ATTEMPTS) -> Session:
+              store: KeyStore | None = None, prompt: _prompt.Prompt = getpass.getpass,
+              attempts: int = _prompt.ATTEMPTS) -> Session:
     """Log in from a terminal: a live stored key first, else a password, saving the new key.
 
     Without ``user``, the user of the current stored entry for ``server`` is taken, else asked
@@ -124,30 +96,18 @@ def tty_login(manager: SessionManager, *, server: str = DEFAULT_SERVER, user: st
     database = database_label(manager.settings.dsn)
     if user is None:
         current = store.current()
-        user = current.user if current is not None and current.server == server else _ask_user()
-    found = resume_stored(manager, store, candidates(store, server=server, user=user, database=database,
-                                                     backend=manager.settings.backend))
+        user = current.user if current is not None and current.server == server else _prompt.ask_user("pass user=NAME")
+    found = resume_stored(lambda entry: manager.create_session(key=entry.key), store, candidates(
+        store, server=server, user=user, database=database, backend=manager.settings.backend))
     if found is not None:
         store.set_current(found[1])
         return found[0]
     name = user
-    session = ask_password(lambda password: manager.create_session(name, password),
-                           prompt=prompt, attempts=attempts)
+    session = _prompt.ask_password(lambda password: manager.create_session(name, password),
+                                   prompt=prompt, attempts=attempts)
     try:
         remember(store, session, server=server, database=database)
     except BaseException:
         manager.logout(session)  # a key nobody can find again must not stay open
         raise
     return session
-
-
-def _ask_user() -> str:
-    if not sys.stdin.isatty():
-        raise AuthenticationError("no user name given, and no terminal to ask for one")
-    try:
-        name = input("Username: ").strip()
-    except EOFError:
-        name = ""
-    if not name:
-        raise AuthenticationError("login abandoned: no user name was given")
-    return name

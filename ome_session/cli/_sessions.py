@@ -1,0 +1,147 @@
+"""``sessions list|file|key|clear|purge|keepalive|group|timeout``: the stored sessions."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+
+from .. import _keys, _maintenance
+from ..errors import DatabaseUnavailable, NoSessionError, SessionKeyError
+from ..keystore import StoredSession
+from . import _output
+from ._context import Context
+
+
+@dataclasses.dataclass(frozen=True)
+class _Checked:
+    entry: StoredSession
+    active: str  # as omero shows it: "Logged in" (the current one), "True", "False", "?"
+    started: str = ""
+
+
+def _check_entries(ctx: Context, *, purge: bool) -> list[_Checked]:
+    """Each stored entry, its key tried if it belongs here; dead ones removed if ``purge``.
+
+    Trying a key touches it (as any use does); a dead key is closed for good, so removing its
+    entry loses nothing. Keys of another database are not ours to judge and stay, and so do
+    the keys of a remote server that cannot be reached now (the one database is another matter:
+    down, it fails the command).
+    """
+    checked: list[_Checked] = []
+    current = ctx.store.current()
+    for entry in ctx.store.list():
+        if not ctx.ours(entry):
+            checked.append(_Checked(entry, "?"))
+            continue
+        try:
+            session = ctx.resume(entry)
+        except SessionKeyError:
+            if purge:
+                ctx.store.remove(entry)
+            checked.append(_Checked(entry, "False (removed)" if purge else "False"))
+            continue
+        except DatabaseUnavailable as exc:
+            if not ctx.remote:
+                raise
+            print(f"ome-session: warning: {_output.one_line(exc)}", file=sys.stderr)
+            checked.append(_Checked(entry, "? (unreachable)"))
+            continue
+        active = "Logged in" if current is not None and current.key == entry.key else "True"
+        checked.append(_Checked(entry, active, _output.when(session.started)))
+    return checked
+
+
+def list_(ctx: Context) -> int:
+    rows = [[_output.server(c.entry), c.entry.user, c.entry.group or "", _keys.key_prefix(c.entry.key), c.active,
+             c.started] for c in _check_entries(ctx, purge=not ctx.args.no_purge)]
+    print(_output.table(["Server", "User", "Group", "Session", "Active", "Started"], rows))
+    return 0
+
+
+def _current_entry(ctx: Context) -> StoredSession:
+    entry = ctx.store.current()
+    if entry is None:
+        raise NoSessionError("not logged in: there is no current session")
+    return entry
+
+
+def file(ctx: Context) -> int:
+    print(ctx.store.file_for(_current_entry(ctx)))
+    return 0
+
+
+def key(ctx: Context) -> int:
+    print(_current_entry(ctx).key)
+    return 0
+
+
+def clear(ctx: Context) -> int:
+    if not ctx.args.all:
+        checked = _check_entries(ctx, purge=True)
+        gone = sum(c.active.startswith("False") for c in checked)
+        print(f"removed {gone} inactive session(s); {len(checked) - gone} remain")
+        return 0
+    closed = removed = 0
+    for entry in ctx.store.list():
+        if ctx.ours(entry):
+            try:
+                ctx.logout(ctx.resume(entry))
+                closed += 1
+            except SessionKeyError:
+                pass
+        ctx.store.remove(entry)
+        removed += 1
+    print(f"closed {closed} session(s); removed {removed} from the key store")
+    return 0
+
+
+def purge(ctx: Context) -> int:
+    session, _ = ctx.current()
+    report = _maintenance.purge_sessions(session, batch=ctx.args.batch)
+    reasons = ", ".join(f"{reason}: {count}" for reason, count in report.deleted.items())
+    print(f"purged {report.total} session row(s) ({reasons}) in {report.batches} batch(es)")
+    return 0
+
+
+def keepalive(ctx: Context) -> int:
+    session, entry = ctx.current()
+    what = f"session {_keys.key_prefix(entry.key)} ({entry.user}@{_output.server(entry)})"
+    every = ctx.args.frequency
+    try:
+        while True:
+            try:
+                session.keep_alive()
+                print(f"kept {what} alive at {_output.when(session.last_access)}", flush=True)
+            except DatabaseUnavailable as exc:
+                if not every:
+                    raise
+                print(f"ome-session: warning: {_output.one_line(exc)}; trying again", file=sys.stderr, flush=True)
+            if not every:
+                return 0
+            time.sleep(every)
+    except KeyboardInterrupt:
+        print(f"stopped keeping {what} alive", flush=True)
+        return 0
+
+
+def group(ctx: Context) -> int:
+    session, entry = ctx.current()
+    switched = ctx.switch_group(session, ctx.args.group)
+    name = switched.name if switched is not None else ctx.args.group
+    ctx.store.add(dataclasses.replace(entry, group=name))
+    where = f" (id {switched.id})" if switched is not None else ""
+    print(f"Now using group {name}{where}: new objects of {entry.user} go there")
+    return 0
+
+
+def timeout(ctx: Context) -> int:
+    session, _ = ctx.current()
+    if ctx.args.seconds is not None:
+        _maintenance.set_idle_timeout(session, ctx.args.seconds)
+        print(f"session_idle_timeout set to {ctx.args.seconds} s for every session")
+    times = _maintenance.session_times(session)
+    left = times.time_left
+    print(f"idle timeout: {_output.minutes(times.idle_timeout)} ({times.idle_timeout} s)")
+    print(f"time left:    {'no limit' if left is None else _output.duration(left)}")
+    return 0
