@@ -66,7 +66,7 @@ def ask_password(authenticate: Callable[[str], T], *, prompt: Prompt = getpass.g
         try:
             password = prompt(label)
         except EOFError:
-            raise AuthenticationError("login abandoned: no password was given") from None
+            raise MissingInput("login abandoned: no password was given") from None
         try:
             return authenticate(password)
         except AuthenticationError as exc:
@@ -74,3 +74,22 @@ def ask_password(authenticate: Callable[[str], T], *, prompt: Prompt = getpass.g
                 raise AuthenticationError(f"{exc} ({attempts} attempts)") from None
             print(f"{exc}; try again", file=sys.stderr)
     raise AssertionError("unreachable")
+
+
+def ask_new_password(label: str, *, check: Callable[[str], None], what: str = "password",
+                     prompt: Prompt = getpass.getpass, attempts: int = ATTEMPTS) -> str:
+    """A new password, typed twice; ``check`` raises ``ValueError`` to refuse one (too short)."""
+    try:
+        for _ in range(attempts):
+            first = prompt(label)
+            try:
+                check(first)
+            except ValueError as exc:
+                print(exc, file=sys.stderr)
+                continue
+            if prompt("Again: ") == first:
+                return first
+            print("the two passwords differ", file=sys.stderr)
+    except EOFError:
+        pass
+    raise MissingInput(f"no {what} given")

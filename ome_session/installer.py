@@ -7,22 +7,20 @@ schema than this package is refused before anything changes.
 
 from __future__ import annotations
 
-import getpass
-import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__, _migrations, _passwords
+from . import __version__, _migrations, _passwords, _prompt
 from ._settings import EMBEDDED_DBNAME, Settings, resolve_dsn, settings_path, write_settings
 from .configuration import Configuration
-from .errors import ConfigurationError, SessionError
+from .errors import ConfigurationError
 from .model import Experimenter, ExperimenterGroupMap, Group, UserState
 from .session import Session
 
 Report = Callable[[str], None]
 ADMIN_GROUP = "system"
+ADMIN_PASSWORD_ENV = "OME_SESSION_ADMIN_PASSWORD"
 
 
 @dataclass
@@ -120,23 +118,18 @@ def _first_admin(session: Session, name: str, password: str | None, report: Repo
 
 
 def _admin_password(name: str) -> str:
-    password = os.environ.get("OME_SESSION_ADMIN_PASSWORD")
-    if password:
+    """$OME_SESSION_ADMIN_PASSWORD, else typed twice on the terminal."""
+    password = _prompt.given(None, ADMIN_PASSWORD_ENV)
+    if password is not None:
         return password
-    if not sys.stdin.isatty():
-        raise ConfigurationError(
-            f"a password is needed for the new admin {name!r}: set OME_SESSION_ADMIN_PASSWORD "
-            "or run the installer in a terminal"
-        )
-    for _ in range(3):
-        first = getpass.getpass(f"Password for the new admin {name}: ")
-        if len(first) < 8:
-            print("the password needs at least 8 characters", file=sys.stderr)
-            continue
-        if getpass.getpass("Again: ") == first:
-            return first
-        print("the two passwords differ", file=sys.stderr)
-    raise SessionError("no admin password given")
+    _prompt.need_terminal(f"a password is needed for the new admin {name!r}", f"set {ADMIN_PASSWORD_ENV}")
+    return _prompt.ask_new_password(f"Password for the new admin {name}: ", check=_long_enough,
+                                    what="admin password")
+
+
+def _long_enough(password: str) -> None:
+    if len(password) < 8:
+        raise ValueError("the password needs at least 8 characters")
 
 
 def _write_settings(settings: Settings, report: Report) -> Path:

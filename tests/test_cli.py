@@ -246,6 +246,13 @@ def test_three_wrong_passwords_on_a_terminal_exit_1(lab: People, store: KeyStore
     assert store.list() == []
 
 
+def test_end_of_input_at_the_password_prompt_exits_2_and_stores_nothing(lab: People, store: KeyStore) -> None:
+    code, shown, answered = on_terminal(["login", "-u", "alice"], ["\x04"])  # Ctrl-D: no password given
+    assert (code, answered) == (2, 1), shown
+    assert "no password was given" in shown
+    assert store.list() == []
+
+
 def test_help_documents_the_exit_codes() -> None:
     done = ome_session("--help")
     assert done.returncode == 0
