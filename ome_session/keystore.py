@@ -258,8 +258,8 @@ class KeyStore:
 class OmeroSessionStore(KeyStore):
     """The ``omero`` CLI's store, in its format, so sessions can be shared with ``omero login``.
 
-    ``$OMERO_SESSIONDIR``, else ``$OMERO_USERDIR/sessions``, else ``~/omero/sessions``. The CLI
-    neither locks nor writes atomically; our own changes do both.
+    ``$OMERO_SESSIONDIR``, else ``$OMERO_USERDIR/sessions``, else ``~/omero/sessions``. Changes
+    are locked and atomic here as in ours (see the README's porting notes).
     """
 
     _format = OMERO

@@ -8,9 +8,9 @@ ever. Pure-Python work in the main thread cannot starve it: the interpreter hand
 waiting threads every few milliseconds. (An extension that holds the GIL for minutes can; no
 thread helps then.)
 
-omero-py's own keepalive (``omero.keep_alive``) stops for good after one failed ping, silently;
-this one keeps trying while the server is unreachable and records a definite end (the session
-expired or was killed) so the next call says so with ``SessionKeyError``.
+It keeps trying while the server is unreachable, and records a definite end (the session expired
+or was killed) so that the next call says so with ``SessionKeyError`` (see the README's porting
+notes).
 """
 
 from __future__ import annotations
