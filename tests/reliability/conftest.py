@@ -1,9 +1,14 @@
 """Figures of the reliability cases: printed, kept as JSON lines, and summed up at the end.
 
-Each case calls ``figures(cycles=..., errors=..., rows_checked=...)``; a case that records nothing
-gets its outcome recorded. The values are printed (``pytest -s`` or ``-rA`` shows them), appended
-to ``reliability-figures.jsonl`` in pytest's base temporary directory, and summed into one line of
-the terminal summary.
+Each case records what it counted while it ran: ``figures(cycles=..., examples=...,
+rows_checked=..., errors=...)``. Cycles are units of work completed, examples inputs tried,
+rows_checked rows verified on a connection of the test's own, errors faults observed. Nothing is
+recorded that was not counted: a case that counts nothing records only its outcome.
+
+A case that fails counts as at least one error, whatever it recorded before failing, so a red
+run can never show ``errors=0``. The values are printed (``pytest -s`` or ``-rA`` shows them),
+written to ``reliability-figures.jsonl`` in pytest's base temporary directory, and summed into
+one line of the terminal summary, which names only the figures some case counted.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Generator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,43 +30,59 @@ from ._figures import Figures
 _FIGURES = pytest.StashKey[list[dict[str, Any]]]()
 _FIGURES_FILE = pytest.StashKey[Path]()
 _OUTCOMES = pytest.StashKey[Counter[str]]()
-_RECORDED = pytest.StashKey[bool]()
-_CALL_OUTCOME = pytest.StashKey[str]()
+_CASE = pytest.StashKey["_Case"]()
 _TOTALS = ("cycles", "examples", "errors", "rows_checked")
 
-@pytest.fixture
-def figures(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Figures:
-    """Record the figures of this case: printed, written to the JSON lines file, summed up."""
-    config = request.config
 
-    def record(**values: Any) -> None:
-        entry = {"case": request.node.nodeid, **values}
-        print(f"[reliability] {request.node.name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
-        path = tmp_path_factory.getbasetemp() / "reliability-figures.jsonl"
-        with path.open("a", encoding="utf-8") as out:
-            out.write(json.dumps(entry, default=str) + "\n")
-        config.stash[_FIGURES_FILE] = path
-        config.stash.setdefault(_FIGURES, []).append(entry)
-        request.node.stash[_RECORDED] = True
+@dataclass
+class _Case:
+    """What one case has recorded so far, and how it ended."""
 
-    return record
+    recorded: bool = False
+    errors: int = 0
+    outcome: str = "not run"
+
+
+def _record(item: pytest.Item, values: dict[str, Any]) -> None:
+    config = item.config
+    case = item.stash.setdefault(_CASE, _Case())
+    entry = {"case": item.nodeid, **values}
+    config.stash.setdefault(_FIGURES, []).append(entry)
+    case.recorded = True
+    case.errors += int(values.get("errors") or 0)
 
 
 @pytest.fixture(autouse=True)
-def _every_case_has_figures(request: pytest.FixtureRequest, figures: Figures) -> Iterator[None]:
-    """Count each case's outcome, and record it as the figures of a case that recorded none."""
-    yield
-    outcome = request.node.stash.get(_CALL_OUTCOME, "not run")
-    request.config.stash.setdefault(_OUTCOMES, Counter())[outcome] += 1
-    if not request.node.stash.get(_RECORDED, False):
-        figures(outcome=outcome)
+def _figures_file(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
+    request.config.stash[_FIGURES_FILE] = tmp_path_factory.getbasetemp() / "reliability-figures.jsonl"
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Figures:
+    """Record figures of this case, counted from work it did: printed, written, summed up."""
+    item = request.node
+
+    def record(**values: Any) -> None:
+        print(f"[reliability] {item.name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+        _record(item, values)
+
+    return record
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
     report = (yield).get_result()
-    if report.when == "call":
-        item.stash[_CALL_OUTCOME] = "xfailed" if hasattr(report, "wasxfail") else report.outcome
+    case = item.stash.setdefault(_CASE, _Case())
+    if report.failed:
+        case.outcome = "failed" if report.when == "call" else "error"
+    elif report.when == "call" or (report.skipped and case.outcome == "not run"):
+        case.outcome = "xfailed" if hasattr(report, "wasxfail") else report.outcome
+    if report.when == "teardown":
+        item.config.stash.setdefault(_OUTCOMES, Counter())[case.outcome] += 1
+        if case.outcome in ("failed", "error") and case.errors == 0:
+            _record(item, {"errors": 1, "outcome": case.outcome})  # the failure itself, counted
+        elif not case.recorded:
+            _record(item, {"outcome": case.outcome})
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +96,18 @@ def own_cluster() -> Iterator[Cluster]:
         yield cluster
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    entries, path = session.config.stash.get(_FIGURES, []), session.config.stash.get(_FIGURES_FILE, None)
+    if entries and path is not None:
+        path.write_text("".join(json.dumps(entry, default=str) + "\n" for entry in entries), encoding="utf-8")
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     entries = config.stash.get(_FIGURES, [])
     if not entries:
         return
-    totals = {name: sum(int(e.get(name) or 0) for e in entries) for name in _TOTALS}
+    counted = [name for name in _TOTALS if any(name in e for e in entries)]
+    totals = {name: sum(int(e.get(name) or 0) for e in entries) for name in counted}
     if config.option.verbose > 0:
         terminalreporter.write_sep("-", "reliability figures")
         for entry in entries:
@@ -87,5 +116,6 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     outcomes = config.stash.get(_OUTCOMES, Counter())
     cases = ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
     summary = ", ".join(f"{name}={value}" for name, value in totals.items())
-    terminalreporter.write_line(f"reliability: {sum(outcomes.values())} cases ({cases}); {summary} "
-                                f"(figures: {config.stash[_FIGURES_FILE]})")
+    where = config.stash.get(_FIGURES_FILE, None)
+    terminalreporter.write_line(f"reliability: {sum(outcomes.values())} cases ({cases}); {summary}"
+                                + (f" (figures: {where})" if where else ""))

@@ -167,8 +167,8 @@ def test_killed_workers_leave_no_orphan_after_the_next_session_start_and_tmp_rea
     final = _tempfiles.reap(root)
     remaining = _process_dirs(root) - {mine.parent}
 
-    figures(cycles=WORKERS, errors=len(left_after_login) + len(left_after_reap) + len(remaining),
-            dirs_checked=len(first) + len(second), orphans_reaped_by_login=orphans_before_login - len(left_after_login),
+    figures(cycles=len(first) + len(second), errors=len(left_after_login) + len(left_after_reap) + len(remaining),
+            orphans_reaped_by_login=orphans_before_login - len(left_after_login),
             orphans_reaped_by_cli=orphans_before_reap - len(left_after_reap), live_paths_kept=len(live),
             reaped_after_live_killed=len(final))
     assert orphans_before_login == WORKERS // 2 and orphans_before_reap == WORKERS - WORKERS // 2

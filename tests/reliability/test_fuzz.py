@@ -1,31 +1,40 @@
 """Arbitrary input never gets past the typed errors: keys, names, passwords, criteria, temporary
 names, configuration values and key-store files.
 
-Every call ends in success or in one of ``TYPED``; anything else (a psycopg or OS exception)
-fails the case with hypothesis's smallest example. Afterwards the tables, the schema version
+Every call ends in success or in one of the typed errors the case allows; anything else (a
+``DatabaseError``, a psycopg or OS exception) fails the case with hypothesis's smallest example.
+Criteria in particular are refused before any SQL: with a ``TypeError``, ``ValueError`` or
+``PermissionDenied``, and with no transaction opened. Afterwards the tables, the schema version
 and the key store are exactly as before. Examples are derandomised, so CI runs the same ones.
+
+The figures are counted while the case runs (``Tally``): examples run, outcomes by name, and
+errors, the examples that broke the case's rule (each one fails the case).
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import math
 import os
 import shutil
 import stat
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ome_session import Configuration, Session, SessionManager, _keys, _tty
 from ome_session.configuration import VARIABLES
-from ome_session.errors import AuthenticationError, PermissionDenied, SessionError, SessionKeyError
+from ome_session.errors import AuthenticationError, ConfigurationError, PermissionDenied, SessionKeyError
+from ome_session.factory import Factory
 from ome_session.keystore import KeyStore, OmeroSessionStore, StoredSession
 from tests.helpers import People
 
@@ -37,7 +46,8 @@ pytestmark = pytest.mark.reliability
 EXAMPLES = env_int("OME_SESSION_RELIABILITY_EXAMPLES", 300)
 # Each login attempt costs one argon2id verification (a few hundred ms), so fewer of those.
 LOGIN_EXAMPLES = env_int("OME_SESSION_RELIABILITY_LOGIN_EXAMPLES", 20)
-TYPED = (SessionError, ValueError, TypeError)
+# How bad criteria must be refused: by the compiler or the permission check, before any SQL.
+REFUSED_BEFORE_SQL = (TypeError, ValueError, PermissionDenied)
 
 
 def fuzz(examples: int = EXAMPLES) -> settings:
@@ -46,15 +56,47 @@ def fuzz(examples: int = EXAMPLES) -> settings:
                                            HealthCheck.filter_too_much, HealthCheck.large_base_example])
 
 
-def outcome(call: Callable[[], object], counts: Counter[str]) -> object:
-    """Run ``call``; a typed error is counted by name, anything else propagates."""
-    try:
-        result = call()
-    except TYPED as exc:
-        counts[type(exc).__name__] += 1
-        return exc
-    counts["ok"] += 1
-    return result
+class Tally:
+    """What a fuzz case did, counted as it happens."""
+
+    def __init__(self) -> None:
+        self.examples = 0  # examples hypothesis ran (shrinking included)
+        self.errors = 0  # examples that broke the case's rule: each fails the case
+        self.calls = 0  # calls made through outcome(): several per example in some cases
+        self.outcomes: Counter[str] = Counter()
+
+    def example(self, test: Callable[..., None]) -> Callable[..., None]:
+        """Count each run of ``test`` (put it under ``@given``), and each one that raised."""
+
+        @functools.wraps(test)
+        def counted(*args: Any, **kwargs: Any) -> None:
+            self.examples += 1
+            try:
+                test(*args, **kwargs)
+            except BaseException:
+                self.errors += 1
+                raise
+
+        return counted
+
+    def outcome(self, call: Callable[[], object], allowed: tuple[type[BaseException], ...]) -> object:
+        """Run ``call``; an allowed error is counted by name and returned, anything else propagates."""
+        self.calls += 1
+        try:
+            result = call()
+        except allowed as exc:
+            self.outcomes[type(exc).__name__] += 1
+            return exc
+        self.outcomes["ok"] += 1
+        return result
+
+    @contextmanager
+    def reported(self, figures: Figures, **more: Any) -> Iterator[None]:
+        """Record the counts when the block ends, also when it fails."""
+        try:
+            yield
+        finally:
+            figures(examples=self.examples, errors=self.errors, outcomes=dict(self.outcomes), **more)
 
 
 # -- strategies ------------------------------------------------------------------------------------
@@ -93,17 +135,18 @@ def test_any_key_is_refused_and_the_session_stays_as_it_was(people: People, figu
     assert key is not None
     near = [key.upper(), f" {key}", f"{key}\n", key[:-1], key + "0", key[:-1] + ("0" if key[-1] != "0" else "1")]
     before = _setup.snapshot(people.dsn)
-    counts: Counter[str] = Counter()
+    tally = Tally()
 
     @fuzz()
     @given(candidate=st.one_of(KEYS, st.sampled_from(near)))
+    @tally.example
     def attempt(candidate: object) -> None:
-        error = outcome(lambda: manager.create_session(key=candidate), counts)
+        error = tally.outcome(lambda: manager.create_session(key=candidate), (SessionKeyError, TypeError))
         assert isinstance(error, (SessionKeyError, TypeError)), repr(error)
         assert Session.instance() is session and session.session_key == key and not session.is_idle()
 
-    attempt()
-    figures(examples=sum(counts.values()), errors=0, outcomes=dict(counts))
+    with tally.reported(figures):
+        attempt()
     assert _setup.snapshot(people.dsn) == before
 
 
@@ -111,7 +154,7 @@ def test_any_user_name_and_password_fail_with_authentication_error(people: Peopl
     manager = SessionManager(people.dsn)
     session = manager.create_session("bob", "bob-password")
     before = _setup.snapshot(people.dsn)
-    counts: Counter[str] = Counter()
+    tally = Tally()
     users = st.one_of(TEXT, st.sampled_from(sorted(people.ids)), st.none(), st.integers(), st.binary(max_size=8))
     passwords = st.one_of(TEXT, st.sampled_from([People.password(n) + "x" for n in people.ids]),
                           st.sampled_from([People.password(n).upper() for n in people.ids]), st.binary(max_size=8))
@@ -123,15 +166,16 @@ def test_any_user_name_and_password_fail_with_authentication_error(people: Peopl
     @example(username="alice", password="alice-password\x00")
     @example(username="alice\x00", password="alice-password")
     @example(username="x" * 5000, password="alice-password")
+    @tally.example
     def attempt(username: Any, password: Any) -> None:
         if isinstance(username, str) and password == People.password(username):
             return
-        error = outcome(lambda: manager.create_session(username, password), counts)
+        error = tally.outcome(lambda: manager.create_session(username, password), (AuthenticationError, TypeError))
         assert isinstance(error, (AuthenticationError, TypeError)), repr(error)
         assert Session.instance() is session and session.user_name == "bob"
 
-    attempt()
-    figures(examples=sum(counts.values()), errors=0, outcomes=dict(counts))
+    with tally.reported(figures):
+        attempt()
     assert _setup.snapshot(people.dsn) == before
 
 
@@ -140,14 +184,15 @@ def test_sudo_to_any_name_is_refused_unless_the_leader_may(people: People, figur
     lena = manager.create_session("lena", "lena-password")
     key = lena.session_key
     allowed = {"lena", "alice", "bob"}  # the members of lab_a, which lena leads
-    counts: Counter[str] = Counter()
+    tally = Tally()
 
     @fuzz()
     @given(target=st.one_of(TEXT, st.sampled_from(sorted(people.ids)), st.none(), st.integers()))
     @example(target="bo\ud800b")
     @example(target="alice\x00")
+    @tally.example
     def attempt(target: Any) -> None:
-        result = outcome(lambda: manager.sudo_session(target), counts)
+        result = tally.outcome(lambda: manager.sudo_session(target), (PermissionDenied, TypeError))
         if isinstance(result, Session):
             assert target in allowed and result.user_name == target and result.sudo_by == people.ids["lena"]
             manager.create_session(key=key)
@@ -156,8 +201,8 @@ def test_sudo_to_any_name_is_refused_unless_the_leader_may(people: People, figur
             assert target not in allowed
         assert Session.instance().user_name == "lena"
 
-    attempt()
-    figures(examples=sum(counts.values()), errors=0, outcomes=dict(counts))
+    with tally.reported(figures):
+        attempt()
 
 
 # -- criteria ---------------------------------------------------------------------------------------
@@ -172,6 +217,7 @@ CRITERIA_KEYS = st.one_of(
                      "__order", "__distinct", "__limit", "__offset", "__nope", "owner.nope", "name.owner"]),
     TEXT,
 )
+VERBS = ["find_objects", "find_object", "count_objects", "object_exists", "iter_objects"]
 CRITERIA_VALUES = st.one_of(
     VALUES,
     st.tuples(st.one_of(st.sampled_from(OPERATORS), TEXT, st.none(), st.integers()), VALUES),
@@ -181,30 +227,86 @@ CRITERIA_VALUES = st.one_of(
 )
 
 
+# Bad criteria the Factory does not refuse before SQL yet. Each has a case of its own below, which
+# fails until the Factory checks it before any SQL; meanwhile the fuzz leaves these inputs out.
+# When such a case passes, remove its xfail mark and its test here.
+
+
+def _lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+    if isinstance(value, (list, tuple)):
+        return any(map(_lone_surrogate, value))
+    return isinstance(value, dict) and any(map(_lone_surrogate, [*value, *value.values()]))
+
+
+def _known_gap(criteria: dict[str, Any]) -> bool:
+    beyond_int8 = any(isinstance(criteria.get(k), int) and criteria[k] >= 2**63 for k in ("__limit", "__offset"))
+    return beyond_int8 or _lone_surrogate(criteria)
+
+
+def _read(factory: Factory, verb: str, cls: str, criteria: dict[str, Any]) -> object:
+    result = getattr(factory, verb)(cls, **criteria)
+    return list(result) if verb == "iter_objects" else result
+
+
+def _refused_before_sql(factory: Factory, call: Callable[[], object]) -> BaseException | None:
+    """Run ``call`` in a fresh transaction; return its refusal, which must be one of
+    ``REFUSED_BEFORE_SQL`` and leave no transaction open (nothing was sent), or None on success.
+    Anything else propagates."""
+    assert factory.obtain_dbh().info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    try:
+        call()
+    except REFUSED_BEFORE_SQL as exc:
+        status = factory.obtain_dbh().info.transaction_status
+        assert status == psycopg.pq.TransactionStatus.IDLE, f"{exc!r} came after SQL ({status.name})"
+        return exc
+    finally:
+        factory.rollback_transaction()
+    return None
+
+
 def test_any_criteria_end_in_a_result_or_a_typed_error(people: People, figures: Figures) -> None:
     session = SessionManager(people.dsn).create_session("alice", "alice-password")
     with session.transaction():
         session.factory.new_object("Project", name="alpha", description="first")
     factory = session.factory
     before = _setup.snapshot(people.dsn)
-    counts: Counter[str] = Counter()
+    tally = Tally()
 
     @fuzz()
-    @given(cls=st.sampled_from(CLASSES), criteria=st.dictionaries(CRITERIA_KEYS, CRITERIA_VALUES, max_size=4),
-           verb=st.sampled_from(["find_objects", "find_object", "count_objects", "object_exists", "iter_objects"]))
+    @given(cls=st.sampled_from(CLASSES),
+           criteria=st.dictionaries(CRITERIA_KEYS, CRITERIA_VALUES, max_size=4).filter(lambda c: not _known_gap(c)),
+           verb=st.sampled_from(VERBS))
+    @tally.example
     def attempt(cls: str, criteria: dict[str, Any], verb: str) -> None:
-        def call() -> object:
-            result = getattr(factory, verb)(cls, **criteria)
-            return list(result) if verb == "iter_objects" else result
+        refusal = _refused_before_sql(factory, lambda: _read(factory, verb, cls, criteria))
+        tally.outcomes["ok" if refusal is None else type(refusal).__name__] += 1
 
-        try:
-            outcome(call, counts)
-        finally:
-            session.rollback_transaction()
-
-    attempt()
-    figures(examples=sum(counts.values()), errors=0, outcomes=dict(counts))
+    with tally.reported(figures):
+        attempt()
     assert _setup.snapshot(people.dsn) == before
+
+
+@pytest.mark.xfail(strict=True, reason="a lone surrogate in a criteria value is refused by psycopg's encoder after "
+                                       "BEGIN was sent, not by the Factory before any SQL")
+@pytest.mark.parametrize("criteria", [{"name": "a\ud800"}, {"name": ("ilike", "\udcff%")},
+                                      {"description": ["x", "\ud800"]}, {"owner.ome_name": "\udc80"}])
+def test_a_lone_surrogate_in_criteria_is_refused_before_any_sql(people: People, criteria: dict[str, Any]) -> None:
+    factory = SessionManager(people.dsn).create_session("alice", "alice-password").factory
+    for verb in VERBS:
+        refusal = _refused_before_sql(factory, lambda verb=verb: _read(factory, verb, "Project", criteria))
+        assert isinstance(refusal, ValueError), (verb, refusal)
+
+
+@pytest.mark.xfail(strict=True, reason="__limit or __offset beyond a 64-bit integer reaches PostgreSQL and comes "
+                                       "back as a DatabaseError (bigint out of range)")
+@pytest.mark.parametrize("criteria", [{"__limit": 2**63}, {"__offset": 2**80}])
+def test_limit_and_offset_beyond_64_bits_are_refused_before_any_sql(people: People, criteria: dict[str, Any]) -> None:
+    factory = SessionManager(people.dsn).create_session("alice", "alice-password").factory
+    for verb in ("find_objects", "find_object", "iter_objects"):
+        refusal = _refused_before_sql(factory, lambda verb=verb: _read(factory, verb, "Project", criteria))
+        assert isinstance(refusal, ValueError), (verb, refusal)
 
 
 # -- temporary files --------------------------------------------------------------------------------
@@ -220,10 +322,11 @@ def test_any_temporary_name_is_refused_or_stays_in_the_process_directory(people:
     process_dir = first.parent
     session.finish_temporary_file(first)
     outside = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if process_dir not in (p, *p.parents)}
-    counts: Counter[str] = Counter()
+    tally = Tally()
 
     @fuzz()
     @given(prog=NAME_PARTS, ext=NAME_PARTS, kind=st.sampled_from(["file", "dir", "file_cm", "dir_cm"]))
+    @tally.example
     def attempt(prog: Any, ext: Any, kind: str) -> None:
         def make() -> Path:
             if kind == "file":
@@ -236,7 +339,7 @@ def test_any_temporary_name_is_refused_or_stays_in_the_process_directory(people:
             assert not made.exists()
             return made
 
-        made = outcome(make, counts)
+        made = tally.outcome(make, (ValueError, TypeError))
         if isinstance(made, BaseException):
             assert isinstance(made, (ValueError, TypeError)), repr(made)
             return
@@ -248,11 +351,12 @@ def test_any_temporary_name_is_refused_or_stays_in_the_process_directory(people:
             session.finish_temporary_file(made)
             assert not made.exists()
 
-    attempt()
+    with tally.reported(figures):
+        attempt()
     left = sorted(p.name for p in process_dir.iterdir())
     changed = {p for p, mtime in outside.items() if not p.exists() or p.stat().st_mtime_ns != mtime}
     new_outside = {p for p in tmp_path.rglob("*") if process_dir not in (p, *p.parents)} - set(outside)
-    figures(examples=sum(counts.values()), errors=len(left) + len(new_outside), outcomes=dict(counts))
+    figures(errors=len(left) + len(new_outside), left_behind=len(left), made_outside=len(new_outside))
     assert left == []
     assert changed <= {process_dir.parent, process_dir}  # directories whose listing changed, nothing else
     assert new_outside <= {process_dir.parent / ".reap.lock"}
@@ -273,18 +377,20 @@ def test_finishing_any_path_this_process_did_not_create_is_refused_and_deletes_n
     every = sorted(p for p in tmp_path.rglob("*"))
     targets = [precious, precious / "data.txt", foreign, link, process_dir, root, root / ".reap.lock", tmp_path,
                process_dir / ".." / process_dir.name / "not-registered.dat", Path("/"), Path("."), Path("..")]
-    counts: Counter[str] = Counter()
+    tally = Tally()
 
     @fuzz()
     @given(path=st.one_of(st.sampled_from(targets), st.sampled_from(targets).map(str), TEXT,
                           TEXT.map(lambda t: str(process_dir / t)), st.none(), st.integers(), st.binary(max_size=8)))
+    @tally.example
     def attempt(path: Any) -> None:
-        error = outcome(lambda: session.finish_temporary_file(path), counts)
+        error = tally.outcome(lambda: session.finish_temporary_file(path), (ValueError, TypeError))
         assert isinstance(error, (ValueError, TypeError)), repr(error)
 
-    attempt()
+    with tally.reported(figures):
+        attempt()
     gone = [p for p in every if not os.path.lexists(p)]
-    figures(examples=sum(counts.values()), errors=len(gone), outcomes=dict(counts))
+    figures(errors=len(gone), deleted=len(gone), paths_checked=len(every))
     assert gone == []
     assert (precious / "data.txt").read_text() == "keep me" and mine.exists()
 
@@ -325,13 +431,18 @@ def test_any_configuration_update_ends_in_a_typed_error_or_reads_back(people: Pe
     session = SessionManager(people.dsn).create_session("root", "root-password")
     factory = session.factory
     before = _setup.snapshot(people.dsn)
-    counts: Counter[str] = Counter()
+    tally = Tally()
 
     @fuzz()
     @given(values=CONFIG_VALUES)
+    @example(values={"db_instance": "a\x00b"})
+    @example(values={"lsid_authority": "\ud800"})
+    @example(values={"ldap": {"uri": "ldaps://x", "n": float("nan"), "\udcff": 1}})
+    @tally.example
     def attempt(values: dict[str, Any]) -> None:
         try:
-            error = outcome(lambda: Configuration.update(factory, values), counts)
+            error = tally.outcome(lambda: Configuration.update(factory, values),
+                                  (ConfigurationError, ValueError, TypeError))
             if error is None:
                 for name, value in values.items():
                     if value is not None:
@@ -339,8 +450,8 @@ def test_any_configuration_update_ends_in_a_typed_error_or_reads_back(people: Pe
         finally:
             session.rollback_transaction()
 
-    attempt()
-    figures(examples=sum(counts.values()), errors=0, outcomes=dict(counts))
+    with tally.reported(figures):
+        attempt()
     assert _setup.snapshot(people.dsn) == before
 
 
@@ -361,7 +472,7 @@ def test_no_timeout_value_can_lock_everybody_out(people: People, name: str) -> N
     key = session.session_key
     try:
         Configuration.update(session.factory, {name: 10**12})
-    except SessionError:
+    except ConfigurationError:
         return  # refused: fine
     session.commit_transaction()
     Session.delete_instance(force=True)
@@ -401,7 +512,7 @@ def test_garbage_in_the_key_store_ends_in_a_typed_error_and_keeps_good_entries(
     good_file = store.file_for(good)
     good_bytes = good_file.read_bytes()
     user_dir = good_file.parent
-    counts: Counter[str] = Counter()
+    tally = Tally()
 
     def place(where: str) -> Path:
         return {
@@ -414,6 +525,7 @@ def test_garbage_in_the_key_store_ends_in_a_typed_error_and_keeps_good_entries(
 
     @fuzz()
     @given(content=GARBAGE, where=st.sampled_from(PLACES))
+    @tally.example
     def attempt(content: bytes, where: str) -> None:
         path = place(where)
         saved = path.read_bytes() if path.is_file() else None
@@ -432,7 +544,7 @@ def test_garbage_in_the_key_store_ends_in_a_typed_error_and_keeps_good_entries(
                          lambda: store.add(other), lambda: store.remove(other), lambda: store.set_current(good),
                          lambda: store.clear(server="elsewhere"),
                          lambda: _tty.candidates(store, server=good.server, user=good.user, database="db")):
-                outcome(call, counts)
+                tally.outcome(call, (ConfigurationError, ValueError, TypeError))
             assert store.get(good.server, good.user, good.key) == good
             assert good_file.read_bytes() == good_bytes
         finally:
@@ -443,6 +555,6 @@ def test_garbage_in_the_key_store_ends_in_a_typed_error_and_keeps_good_entries(
             if saved is not None:
                 path.write_bytes(saved)
 
-    attempt()
-    figures(examples=sum(counts.values()), errors=0, outcomes=dict(counts))
+    with tally.reported(figures, store_calls=tally.calls):
+        attempt()
     assert store.get(good.server, good.user, good.key) == good

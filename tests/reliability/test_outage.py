@@ -1,7 +1,12 @@
-"""The database goes away under a session: typed errors in time, nothing lost, recovery in-process.
+"""The database goes away under a session: typed errors at once, nothing lost, recovery in-process.
 
 These cases stop and start a PostgreSQL server of their own (never the shared one). Every
 stopped or frozen server is started again before the case ends, also when it fails.
+
+"At once" is a condition, not a stopwatch: the error must come from the server refusing or
+closing the connection, not from a wait cut short by the connect timeout; only a frozen server,
+which answers nothing, ends in the connect timeout, and its error says so. The seconds each
+error took are printed as figures, never compared with a bound.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from tests.helpers import password, query
 
 from . import _outage
 from ._figures import Figures, env_int
-from ._outage import CONNECT_TIMEOUT, USER
+from ._outage import USER, waited_out_a_timeout
 
 pytestmark = pytest.mark.reliability
 
@@ -67,12 +72,14 @@ def test_server_stopped_mid_session_raises_database_unavailable_then_the_process
     cluster.start()
 
     assert type(error) is DatabaseUnavailable  # no transaction was open: nothing was lost
-    assert waited < CONNECT_TIMEOUT
+    assert not waited_out_a_timeout(error), error
     assert isinstance(again, DatabaseUnavailable) and str(cluster.socket_dir) in str(again)
     assert [p.name for p in session.factory.find_objects("Project")] == ["kept"]  # type: ignore[attr-defined]
     assert manager.create_session(key=key).user_name == USER  # the key made before the outage
     assert manager.create_session(USER, PASSWORD).user_name == USER
-    figures(errors=0, rows_checked=1, seconds_to_error=round(waited, 3))
+    committed = _outage.committed_names(dsn)
+    figures(rows_checked=len(committed), seconds_to_error=round(waited, 3))
+    assert committed == {"kept"}
 
 
 @pytest.mark.parametrize("next_call", ["statement", "commit", "transaction_block"])
@@ -112,14 +119,15 @@ def test_server_stopped_mid_transaction_reports_the_transaction_lost_and_never_r
     waited = time.monotonic() - stopped[0]
     cluster.start()
 
+    committed = _outage.committed_names(dsn)
+    figures(rows_checked=len(committed), seconds_to_error=round(waited, 3))
     assert isinstance(error, TransactionLost), repr(error)
-    assert waited < CONNECT_TIMEOUT
-    assert _outage.committed_names(dsn) == {"committed"}
+    assert not waited_out_a_timeout(error), error
+    assert committed == {"committed"}
     # The next call works on a new connection, in a new transaction: the lost one is not replayed.
     assert [p.name for p in session.factory.find_objects("Project")] == ["committed"]  # type: ignore[attr-defined]
     session.rollback_transaction()
     assert manager.create_session(USER, PASSWORD).user_name == USER
-    figures(errors=0, rows_checked=1, mode=mode, next_call=next_call, seconds_to_error=round(waited, 3))
 
 
 def test_connecting_while_the_server_is_down_raises_database_unavailable_naming_the_socket_directory(
@@ -138,14 +146,13 @@ def test_connecting_while_the_server_is_down_raises_database_unavailable_naming_
     finally:
         cluster.start()
 
-    for how, (error, waited) in attempts.items():
+    figures(attempts=len(attempts), seconds_to_error=max(round(waited, 3) for _, waited in attempts.values()))
+    for how, (error, _waited) in attempts.items():
         assert type(error) is DatabaseUnavailable, (how, repr(error))
         assert str(cluster.socket_dir) in str(error), how
-        assert waited < CONNECT_TIMEOUT, how
+        assert not waited_out_a_timeout(error), (how, error)
     assert not Session.has_instance()
     assert manager.create_session(key=key).user_name == USER
-    figures(errors=0, attempts=len(attempts),
-            seconds_to_error=max(round(waited, 3) for _, waited in attempts.values()))
 
 
 def test_connecting_to_a_frozen_server_gives_up_within_the_connect_timeout(
@@ -163,14 +170,14 @@ def test_connecting_to_a_frozen_server_gives_up_within_the_connect_timeout(
     finally:
         os.kill(postmaster, signal.SIGCONT)
 
+    figures(seconds_to_error=round(waited, 3))
     assert type(error) is DatabaseUnavailable, repr(error)
     assert str(cluster.socket_dir) in str(error)
-    assert waited < timeout + 2  # the timeout itself, plus scheduling on a loaded machine
+    assert waited_out_a_timeout(error), error  # it gave up on the connect timeout, not on anything else
     assert manager.create_session(key=key).user_name == USER
-    figures(errors=0, connect_timeout=timeout, seconds_to_error=round(waited, 3))
 
 
-def test_an_idle_session_survives_a_server_restart(cluster: Cluster, dsn: str, figures: Figures) -> None:
+def test_an_idle_session_survives_a_server_restart(cluster: Cluster, dsn: str) -> None:
     manager = _outage.manager(dsn)
     key = manager.create_session(USER, PASSWORD).session_key
     Session.idle()
@@ -181,11 +188,9 @@ def test_an_idle_session_survives_a_server_restart(cluster: Cluster, dsn: str, f
 
     assert session.user_name == USER
     assert session.factory.count_objects("Project") == 0
-    figures(errors=0)
 
 
-def test_a_transaction_broken_by_a_restart_does_not_break_idle(cluster: Cluster, dsn: str,
-                                                                figures: Figures) -> None:
+def test_a_transaction_broken_by_a_restart_does_not_break_idle(cluster: Cluster, dsn: str) -> None:
     manager = _outage.manager(dsn)
     session = manager.create_session(USER, PASSWORD)
     key = session.session_key
@@ -196,11 +201,9 @@ def test_a_transaction_broken_by_a_restart_does_not_break_idle(cluster: Cluster,
     Session.idle()  # ends the unit of work: its uncommitted work was to be discarded anyway
 
     assert manager.create_session(key=key).factory.count_objects("Project") == 0
-    figures(errors=0)
 
 
-def test_a_transaction_broken_by_a_restart_does_not_fail_the_next_login(cluster: Cluster, dsn: str,
-                                                                        figures: Figures) -> None:
+def test_a_transaction_broken_by_a_restart_does_not_fail_the_next_login(cluster: Cluster, dsn: str) -> None:
     manager = _outage.manager(dsn)
     session = manager.create_session(USER, PASSWORD)
     key = session.session_key
@@ -212,10 +215,9 @@ def test_a_transaction_broken_by_a_restart_does_not_fail_the_next_login(cluster:
 
     assert resumed.user_name == USER and not resumed.is_idle()
     assert resumed.factory.count_objects("Project") == 0
-    figures(errors=0)
 
 
-def test_logout_after_a_restart_still_revokes_the_key(cluster: Cluster, dsn: str, figures: Figures) -> None:
+def test_logout_after_a_restart_still_revokes_the_key(cluster: Cluster, dsn: str) -> None:
     manager = _outage.manager(dsn)
     session = manager.create_session(USER, PASSWORD)
     key = session.session_key
@@ -229,16 +231,18 @@ def test_logout_after_a_restart_still_revokes_the_key(cluster: Cluster, dsn: str
     assert not Session.has_instance()
     with pytest.raises(SessionKeyError):
         manager.create_session(key=key)
-    figures(errors=0)
 
 
 def test_repeated_outages_lose_no_committed_row(cluster: Cluster, dsn: str, figures: Figures) -> None:
     problems: list[str] = []
-    rows = 0
-    for number in range(ROUNDS):
-        result = _outage.outage_round(cluster, dsn, number, mode=("fast", "immediate")[number % 2])
-        problems += result["problems"]
-        rows = result["rows_checked"]
-    figures(cycles=ROUNDS, errors=len(problems), rows_checked=rows)
+    rounds = rows = 0
+    try:
+        for number in range(ROUNDS):
+            result = _outage.outage_round(cluster, dsn, number, mode=("fast", "immediate")[number % 2])
+            problems += result["problems"]
+            rows += result["rows_checked"]
+            rounds += 1
+    finally:
+        figures(cycles=rounds, errors=len(problems), rows_checked=rows)
     assert problems == []
     assert _outage.committed_names(dsn) == {f"committed-{n}" for n in range(ROUNDS)}
