@@ -19,10 +19,31 @@ from psycopg import sql
 
 from ome_session import Configuration, Session, _migrations
 from ome_session._cluster import Cluster
-from tests.helpers import People, ServerLog, password, password_hash, throwaway_cluster
+from tests.helpers import (
+    REQUIRE_VARIABLE,
+    People,
+    ServerLog,
+    password,
+    password_hash,
+    required_parts,
+    throwaway_cluster,
+)
 
 TEMPLATE = "ome_template"
 _counter = itertools.count()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        required_parts()
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    parts = ", ".join(sorted(required_parts()))
+    return (f"{REQUIRE_VARIABLE}: {parts} (a test missing one of these fails)" if parts
+            else f"{REQUIRE_VARIABLE} not set: tests missing an optional part skip, with the reason")
 
 
 @pytest.fixture(scope="session")
@@ -99,3 +120,4 @@ def people(db_dsn: str, tmp_path: Path) -> People:
 def server_log(people: People, pg_cluster: Cluster) -> ServerLog:
     """The server logs every statement of the people's database, with its parameters, from here on."""
     return ServerLog(pg_cluster, people.dsn)
+

@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import base64
 import hashlib
+import importlib
 import os
 import re
 import shutil
@@ -30,7 +31,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from types import ModuleType
+from typing import Any, NoReturn, TypeVar
 
 import argon2
 import argon2.exceptions
@@ -314,6 +316,48 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+# -- optional parts: skipped, unless the run requires them -------------------------------------------
+
+# The parts some tests need beyond the package itself, each installed by a script of its own.
+OPTIONAL_PARTS = {
+    "omero": "scripts/install-omero-extra .venv/bin/python",
+    "ldap": "scripts/install-test-ldap .venv/bin/python",
+    "pgbouncer": "scripts/install-test-pgbouncer",
+}
+REQUIRE_VARIABLE = "OME_SESSION_TESTS_REQUIRE"
+
+
+def required_parts() -> set[str]:
+    """The optional parts this run promised to test (``OME_SESSION_TESTS_REQUIRE=omero,ldap,...``,
+    or ``all``): a test that cannot have one of them fails instead of skipping."""
+    names = {name.strip() for name in os.environ.get(REQUIRE_VARIABLE, "").split(",") if name.strip()}
+    if names == {"all"}:
+        return set(OPTIONAL_PARTS)
+    if unknown := names - set(OPTIONAL_PARTS):
+        raise ValueError(f"{REQUIRE_VARIABLE} names {', '.join(sorted(unknown))}: "
+                         f"use 'all' or some of {', '.join(OPTIONAL_PARTS)}")
+    return names
+
+
+def missing(part: str, reason: str) -> NoReturn:
+    """This test cannot have ``part`` for ``reason``: skip it, or fail when the run requires it."""
+    import pytest
+
+    reason = f"{reason} (to install it: {OPTIONAL_PARTS[part]})"
+    if part in required_parts():
+        pytest.fail(f"{reason}; {REQUIRE_VARIABLE} requires {part!r}, so this is a failure, not a skip",
+                    pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def import_part(part: str, module: str) -> ModuleType:
+    """Import ``module``, which comes with ``part``; if it cannot be imported, see ``missing``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        missing(part, f"{module} cannot be imported ({exc})")
 
 
 # -- the command ---------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import multiprocessing
 import os
@@ -16,6 +15,7 @@ import pytest
 
 from ome_session.errors import ConfigurationError
 from ome_session.keystore import KeyStore, OmeroSessionStore, StoredSession
+from tests.helpers import import_part
 
 KEY_A = "0123456789abcdef" * 2
 KEY_B = "fedcba9876543210" * 2
@@ -431,10 +431,7 @@ def test_omero_store_reads_files_as_the_cli_writes_them(tmp_path: Path) -> None:
 
 
 def test_omero_py_sessions_store_and_ours_read_each_other(tmp_path: Path) -> None:
-    try:
-        sessions = importlib.import_module("omero.util.sessions")
-    except ImportError as exc:
-        pytest.skip(f"omero-py is not importable ({exc}); install the [omero] extra to run this")
+    sessions = import_part("omero", "omero.util.sessions")
     root = tmp_path / "omero"
     theirs = sessions.SessionsStore(dir=str(root))
     theirs.add("localhost", "root", UUID_B, {"omero.port": "4064", "omero.group": "system"})

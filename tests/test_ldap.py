@@ -2,8 +2,9 @@
 
 The directory tests start their own slapd (Debian's ``slapd`` package; ``scripts/install-test-ldap``
 installs it) with a private configuration, a throwaway certificate authority and a handful of
-entries, and skip with the reason when slapd, openssl or ldap3 is missing. The DN escaping and
-configuration checks need none of these and always run.
+entries, and skip with the reason when slapd, openssl or ldap3 is missing (or fail, when the run
+requires LDAP: see ``helpers.missing``). The DN escaping and configuration checks need none of
+these and always run.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from psycopg.types.json import Jsonb
 
 from ome_session import Session, SessionManager, _ldap
 from ome_session.errors import AuthenticationError, ConfigurationError
-from tests.helpers import People, free_port, query, wait_for
+from tests.helpers import People, free_port, import_part, missing, query, wait_for
 
 BASE = "dc=example,dc=org"
 TEMPLATE = "uid={username},ou=people," + BASE
@@ -220,12 +221,12 @@ def _listening(proc: subprocess.Popen[bytes], port: int) -> bool:
 @pytest.fixture(scope="module")
 def directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Directory]:
     if _SLAPD is None or _SLAPADD is None:
-        pytest.skip("slapd is not installed (run scripts/install-test-ldap as root)")
+        missing("ldap", "slapd is not installed")
     if not os.path.exists("/etc/ldap/schema/core.schema") or not os.path.isdir("/usr/lib/ldap"):
-        pytest.skip("the test directory expects Debian's slapd layout (/etc/ldap/schema, /usr/lib/ldap)")
+        missing("ldap", "the test directory expects Debian's slapd layout (/etc/ldap/schema, /usr/lib/ldap)")
     if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed (run scripts/install-test-ldap as root)")
-    pytest.importorskip("ldap3", reason="ldap3 is not installed: pip install 'ome-session[ldap]'")
+        missing("ldap", "openssl is not installed")
+    import_part("ldap", "ldap3")
     where = tmp_path_factory.mktemp("slapd")
     (where / "db").mkdir()
     _make_certificates(where)

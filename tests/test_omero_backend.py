@@ -7,6 +7,8 @@ invocation timeout (the stand-in's ``client_args``), so nothing can hang.
 
 from __future__ import annotations
 
+# ruff: noqa: E402
+
 import json
 import os
 import socket
@@ -20,8 +22,11 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("Ice", reason="zeroc-ice not installed: run scripts/install-omero-extra")
-pytest.importorskip("omero.gateway", reason="omero-py not installed: run scripts/install-omero-extra")
+from tests.helpers import import_part
+
+# Checked before the imports below (so skipped, or failed when required, rather than an ImportError).
+import_part("omero", "Ice")  # zeroc-ice, built from source by the script that installs the extra
+import_part("omero", "omero.gateway")
 
 import Ice
 import omero

@@ -7,6 +7,8 @@ using the call log to see which remote calls the client really makes.
 
 from __future__ import annotations
 
+# ruff: noqa: E402
+
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,8 +17,11 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("Ice", reason="zeroc-ice not installed: run scripts/install-omero-extra")
-pytest.importorskip("omero.gateway", reason="omero-py not installed: run scripts/install-omero-extra")
+from tests.helpers import import_part
+
+# Checked before the imports below (so skipped, or failed when required, rather than an ImportError).
+import_part("omero", "Ice")  # zeroc-ice, built from source by the script that installs the extra
+import_part("omero", "omero.gateway")
 
 import Glacier2
 import Ice

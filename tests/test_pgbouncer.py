@@ -6,7 +6,8 @@ pooling and a pool of one to three server connections, so that every client's tr
 run on server connections other clients used before. pgbouncer hands out server connections
 most-recently-used first and opens one only when none is free; the tests that say which server
 connection a client gets rely on exactly that. Readiness is pgbouncer's own ``READY=1`` on a
-notify socket, not a guess. The module is skipped, with the reason, when pgbouncer is missing.
+notify socket, not a guess. The module is skipped, with the reason, when pgbouncer is missing (or
+fails, when the run requires pgbouncer: see ``helpers.missing``).
 
 With ``prepare_threshold=None`` everything works. With psycopg's default threshold, a statement
 executed often enough is prepared on whichever server connection ran it, and a later execution on
@@ -40,12 +41,12 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from ome_session import Session, SessionManager
 from ome_session._cluster import Cluster
 from ome_session.errors import AuthenticationError, DatabaseError
-from tests.helpers import People, backend_pid, login, query
+from tests.helpers import People, backend_pid, login, missing, query
 
 _PGBOUNCER = shutil.which("pgbouncer") or next(
     (path for path in ("/usr/sbin/pgbouncer",) if os.access(path, os.X_OK)), None)
-pytestmark = pytest.mark.skipif(
-    _PGBOUNCER is None, reason="pgbouncer is not installed: run scripts/install-test-pgbouncer")
+if _PGBOUNCER is None:
+    missing("pgbouncer", "pgbouncer is not installed")
 
 PORT = 6432  # only names the socket file, in a directory of its own: nothing else can take it
 READY_WITHIN = 30.0  # seconds for pgbouncer to say READY=1; only ever reached when it is broken
