@@ -121,3 +121,16 @@ def server_log(people: People, pg_cluster: Cluster) -> ServerLog:
     """The server logs every statement of the people's database, with its parameters, from here on."""
     return ServerLog(pg_cluster, people.dsn)
 
+
+@pytest.fixture
+def foreign_dir(tmp_path: Path) -> Path:
+    """An existing directory that belongs to another user. As root, one given away to ``nobody``;
+    run unprivileged, the filesystem root, which is root's (and which this user cannot write to)."""
+    if os.geteuid() == 0:
+        given = tmp_path / "someone-elses"
+        given.mkdir(mode=0o700)
+        os.chown(given, 65534, 65534)
+        return given
+    root = Path("/")
+    assert root.stat().st_uid != os.geteuid(), "an unprivileged run needs / to belong to another user"
+    return root

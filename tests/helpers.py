@@ -310,6 +310,12 @@ def wait_for(what: str, condition: Callable[[], T], timeout: float = 60.0) -> T:
         time.sleep(0.02)
 
 
+def process_start_time(pid: int) -> str:
+    """When ``pid`` started (field 22 of /proc/PID/stat, clock ticks since boot), read here
+    independently of the code under test; after the command name, which may hold spaces or ')'."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
+
+
 def free_port() -> int:
     """A loopback TCP port nothing listens on right now (another process may take it before it
     is used: a caller that binds it later retries with another on "address in use")."""

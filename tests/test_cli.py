@@ -27,7 +27,16 @@ from ome_session._cluster import Cluster
 from ome_session._tty import DATABASE_FIELD
 from ome_session.errors import AuthenticationError
 from ome_session.keystore import KeyStore
-from tests.helpers import People, command_env, files_text, find_secrets, key_digest, ome_session, query
+from tests.helpers import (
+    People,
+    command_env,
+    files_text,
+    find_secrets,
+    key_digest,
+    ome_session,
+    process_start_time,
+    query,
+)
 
 
 def on_terminal(args: list[str], answers: list[str], **env: str) -> tuple[int, str, int]:
@@ -372,17 +381,26 @@ def test_keepalive_moves_the_last_access_forward(lab: People) -> None:
     assert query(lab.dsn, "SELECT last_access > now() - interval '1 minute' FROM ome_sessions") == [(True,)]
 
 
+# The command with Ctrl-C's signal handled as on a terminal, whatever the tests were started with:
+# a background job of a shell ignores SIGINT, and a child inherits that.
+_INTERRUPTIBLE_COMMAND = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                          "runpy.run_module('ome_session', run_name='__main__', alter_sys=True)")
+
+
 def test_keepalive_with_a_frequency_repeats_until_interrupted(lab: People) -> None:
     login("alice")
-    run = subprocess.Popen([sys.executable, "-m", "ome_session", "sessions", "keepalive", "-f", "0.05"],
+    run = subprocess.Popen([sys.executable, "-c", _INTERRUPTIBLE_COMMAND, "sessions", "keepalive", "-f", "0.05"],
                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True, env=command_env())
-    assert run.stdout is not None
-    first, second = run.stdout.readline(), run.stdout.readline()  # each printed after a keepalive
-    query(lab.dsn, "UPDATE ome_sessions SET last_access = now() - interval '10 minutes'")
-    third = run.stdout.readline()
-    run.send_signal(signal.SIGINT)
-    rest, errors = run.communicate(timeout=60)
+    try:
+        assert run.stdout is not None
+        first, second = run.stdout.readline(), run.stdout.readline()  # each printed after a keepalive
+        query(lab.dsn, "UPDATE ome_sessions SET last_access = now() - interval '10 minutes'")
+        third = run.stdout.readline()
+        run.send_signal(signal.SIGINT)
+        rest, errors = run.communicate(timeout=60)
+    finally:
+        run.kill()  # a no-op once it has ended
     assert run.returncode == 0, errors
     assert all(line.startswith("kept session ") for line in (first, second, third))
     assert rest.endswith("alive\n") and "stopped keeping session" in rest
@@ -442,17 +460,13 @@ def test_group_switch_outside_the_users_groups_is_refused(lab: People) -> None:
 # -- temporary files and the embedded cluster ----------------------------------------------------
 
 
-def _start_time(pid: int) -> str:
-    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
-
-
 def test_tmp_reap_removes_only_the_directories_of_dead_processes(lab: People, tmp_path: Path) -> None:
     root = tmp_path / "tmp"  # the tmp_dir the people fixture configured
     root.mkdir(mode=0o700)
     gone = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
-    dead = root / f"{gone.pid}-{_start_time(gone.pid)}"
+    dead = root / f"{gone.pid}-{process_start_time(gone.pid)}"
     gone.communicate(b"")  # it exits and is reaped: its pid and start time now name nobody
-    live = root / f"{os.getpid()}-{_start_time(os.getpid())}"
+    live = root / f"{os.getpid()}-{process_start_time(os.getpid())}"
     for directory in (dead, live):
         directory.mkdir(mode=0o700)
         (directory / "leftover.tmp").write_text("x")

@@ -233,12 +233,13 @@ def test_store_directory_writable_by_others_is_refused(store: KeyStore, alice: S
         store.get("db.example.org", "alice", KEY_A)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another uid needs root")
-def test_store_directory_of_another_uid_is_refused(store: KeyStore, alice: StoredSession) -> None:
-    store.directory.mkdir(mode=0o700)
-    os.chown(store.directory, 4242, 4242)
-    with pytest.raises(ConfigurationError, match="uid 4242"):
-        store.add(alice)
+def test_store_directory_of_another_uid_is_refused(foreign_dir: Path, alice: StoredSession) -> None:
+    owner, before = foreign_dir.stat().st_uid, sorted(os.listdir(foreign_dir))
+    store = KeyStore(foreign_dir)
+    for call in (lambda: store.add(alice), store.list, lambda: store.get("db.example.org", "alice", KEY_A)):
+        with pytest.raises(ConfigurationError, match=f"belongs to uid {owner}, not to uid {os.geteuid()}"):
+            call()
+    assert sorted(os.listdir(foreign_dir)) == before
 
 
 def test_symlinked_entry_is_skipped_by_list_and_refused_by_name(

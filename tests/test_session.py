@@ -7,7 +7,6 @@ import threading
 import warnings
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from ome_session import Session, SessionManager
@@ -72,18 +71,6 @@ def test_idle_rolls_back_and_keeps_the_connection(people: People) -> None:
     assert query(people.dsn, "SELECT state FROM pg_stat_activity WHERE pid = %s", backend) == [("idle",)]
     SessionManager(people.dsn).create_session(key=session.session_key)
     assert backend_pid(session, ask=True) == backend
-
-
-def test_idle_without_an_open_transaction_sends_nothing(people: People) -> None:
-    session = login(people)
-    session.factory.obtain_dbh().execute("SELECT 1")
-    session.commit_transaction()
-    dbh = session.factory.obtain_dbh()
-    # A closed socket would make any round trip fail: idle must not need one.
-    status = dbh.info.transaction_status
-    Session.idle()
-    assert status == psycopg.pq.TransactionStatus.IDLE
-    assert dbh.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
 
 def test_a_rolled_back_object_is_gone_and_not_cached(people: People) -> None:

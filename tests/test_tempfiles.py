@@ -19,6 +19,7 @@ import pytest
 
 from ome_session._tempfiles import TempFiles, default_root, reap
 from ome_session.errors import ConfigurationError
+from tests.helpers import process_start_time
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -442,10 +443,9 @@ def test_reap_removes_a_directory_whose_pid_lives_with_another_start_time(
     root: Path, tf: TempFiles
 ) -> None:
     own = tf.new_file()
-    pid, start = own.parent.name.split("-")
-    if not start.isdigit():
-        pytest.skip("no /proc start times on this system")
-    reused = root / f"{pid}-{int(start) + 1}"
+    start = process_start_time(os.getpid())  # read here: the code under test must have read the same
+    assert own.parent.name == f"{os.getpid()}-{start}"
+    reused = root / f"{os.getpid()}-{int(start) + 1}"
     reused.mkdir(mode=0o700)
     (reused / "stale.tmp").write_text("x")
     assert reap(root) == [reused]
@@ -516,10 +516,10 @@ def test_a_root_that_is_a_file_is_refused(root: Path) -> None:
         TempFiles(root).new_file()
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="needs root to give the directory away")
-def test_a_root_owned_by_someone_else_is_refused(root: Path) -> None:
-    root.mkdir(mode=0o700)
-    os.chown(root, 65534, 65534)
-    with pytest.raises(ConfigurationError, match="belongs to uid 65534"):
-        TempFiles(root).new_file()
-    assert list(root.iterdir()) == []
+def test_a_root_owned_by_someone_else_is_refused(foreign_dir: Path) -> None:
+    owner, before = foreign_dir.stat().st_uid, sorted(os.listdir(foreign_dir))
+    with pytest.raises(ConfigurationError, match=f"belongs to uid {owner}, not to uid {os.geteuid()}"):
+        TempFiles(foreign_dir).new_file()
+    with pytest.raises(ConfigurationError, match=f"belongs to uid {owner}"):
+        reap(foreign_dir)
+    assert sorted(os.listdir(foreign_dir)) == before

@@ -26,7 +26,7 @@ from ome_session.wsgi import (
     clear_session_cookie,
     session_cookie,
 )
-from tests.helpers import People, backend_pid, query
+from tests.helpers import People, backend_pid, query, wait_for
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -344,12 +344,35 @@ def test_resuming_a_session_costs_one_round_trip(people: People) -> None:
     assert round_trips == 10, sent
 
 
-def test_requests_in_one_process_are_served_one_at_a_time(people: People) -> None:
+class _WatchedLock:
+    """A lock that tells when someone had to wait for it (put in place of the request lock)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.waited = threading.Event()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if self._lock.acquire(blocking=False):
+            return True
+        if not blocking:
+            return False
+        self.waited.set()  # taken: from here on this caller waits
+        return self._lock.acquire(True, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+
+def test_requests_in_one_process_are_served_one_at_a_time(people: People, monkeypatch: pytest.MonkeyPatch) -> None:
     """One session per process: a second request waits until the first one's body is closed."""
     from ome_session import wsgi
 
+    lock = _WatchedLock()
+    monkeypatch.setattr(wsgi, "_request_lock", lock)
     order: list[str] = []
-    second_about_to_call = threading.Event()
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterator[bytes]:
         user = environ[ENVIRON_SESSION].user_name
@@ -364,21 +387,18 @@ def test_requests_in_one_process_are_served_one_at_a_time(people: People) -> Non
     first = middleware(_environ("/", headers={"X-OME-Session-Key": keys["alice"]}), _ignore_start)
     assert list(first) == [b"alice"]
     results: list[Response] = []
-
-    def second() -> None:
-        second_about_to_call.set()
-        results.append(_call(middleware, _environ("/", headers={"X-OME-Session-Key": keys["bob"]})))
-
-    assert wsgi._request_lock.locked()  # alice's request is not over until its body is closed
-    thread = threading.Thread(target=second)
+    thread = threading.Thread(
+        target=lambda: results.append(_call(middleware, _environ("/", headers={"X-OME-Session-Key": keys["bob"]}))))
     thread.start()
-    assert second_about_to_call.wait(timeout=60)
-    order.append("alice closing")
+    # Bob's request either waits for the lock or (were there none) runs through: wait for either.
+    wait_for("bob's request to wait or to finish", lambda: lock.waited.is_set() or not thread.is_alive())
+    assert lock.waited.is_set() and order == ["alice in", "alice out"]  # bob waits: alice's body is open
+
     first.close()  # type: ignore[attr-defined]
     thread.join(timeout=60)
     assert not thread.is_alive()
-    assert order == ["alice in", "alice out", "alice closing", "bob in", "bob out"]
-    assert not wsgi._request_lock.locked()
+    assert order == ["alice in", "alice out", "bob in", "bob out"]
+    assert not lock.locked()
     assert results[0].body == b"bob"
 
 
