@@ -155,9 +155,9 @@ class ServerLog:
             handle.seek(self._offset)
             return handle.read().decode("utf-8", "replace")
 
-    def statements(self, backend: int) -> list[str]:
-        """The statements that server process ran since the mark."""
-        return [m[2] for m in self._STATEMENT.finditer(self.text()) if int(m[1]) == backend]
+    def statements(self, backend: int | None = None) -> list[str]:
+        """The statements that server process (or any) ran since the mark."""
+        return [m[2] for m in self._STATEMENT.finditer(self.text()) if backend in (None, int(m[1]))]
 
 
 # -- people, passwords and logging in -----------------------------------------------------------------

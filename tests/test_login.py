@@ -109,11 +109,12 @@ def test_second_login_reuses_the_connection(people: People) -> None:
     "", "abc", "0" * 31, "0" * 33, "A" * 32, "g" * 32, "0" * 31 + "\x00", "0" * 10_000, None, 12345,
     b"0" * 32, "' OR 1=1 --" + "0" * 21,
 ])
-def test_malformed_keys_are_refused_before_any_sql(people: People, key: object) -> None:
+def test_malformed_keys_are_refused_before_any_sql(people: People, server_log: ServerLog, key: object) -> None:
     manager = SessionManager(people.dsn)
     with pytest.raises(SessionKeyError):
         manager.create_session(key=key)  # type: ignore[arg-type]
     assert not Session.has_instance()
+    assert server_log.statements() == []
 
 
 @pytest.mark.parametrize("username,password", [
