@@ -10,22 +10,66 @@ an OMERO.server and the sessions live in the omero CLI's own store (see ``_omero
 The modules: ``_parser`` (the arguments), ``_context`` (what a command needs of a backend, one
 interface; the local backend's), ``_omero`` (the OMERO backend's), ``_login`` (login, logout,
 whoami), ``_sessions``, ``_setup`` (install, db, tmp reap), ``_exits`` (the exit codes, also in
-``--help``), ``_output`` (how things are printed).
+``--help``), ``_output`` (how things are printed). Here: choosing the backend, and ``main``.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
 
-from ._context import context_for
+from ..errors import ConfigurationError
+from ._context import BACKEND_ENV, BACKENDS, Context, LocalContext
 from ._exits import exit_code
 from ._output import one_line
 from ._parser import build_parser
 
 __all__ = ["build_parser", "exit_code", "main"]
+
+_BACKEND_COMMANDS = ("login", "logout", "whoami", "sessions")  # the commands --backend applies to
+
+
+def _context_for(args: argparse.Namespace) -> Context:
+    """The context of the backend the command runs with."""
+    if _backend(args) == "omero":
+        from ._omero import OmeroContext  # only now: it needs the [omero] extra
+
+        return OmeroContext(args)
+    return LocalContext(args)
+
+
+def _backend(args: argparse.Namespace) -> str:
+    """--backend, else $OME_SESSION_BACKEND, else the settings file's ``backend``, else local."""
+    if args.command not in _BACKEND_COMMANDS:
+        return "local"
+    chosen = args.backend or os.environ.get(BACKEND_ENV)
+    if chosen is None:
+        return _settings_backend() or "local"
+    if chosen not in BACKENDS:
+        raise ValueError(f"{BACKEND_ENV} must be one of {', '.join(BACKENDS)}, not {chosen!r}")
+    return str(chosen)
+
+
+def _settings_backend() -> str | None:
+    """The ``backend`` of the settings file, if there is one that says; an unreadable file is
+    left to the database lookup, which explains what is wrong with it."""
+    from .._settings import SYSTEM_SETTINGS, settings_path
+
+    path = next((p for p in (settings_path(), SYSTEM_SETTINGS) if p.exists()), None)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path is not None else None
+    except (OSError, ValueError):
+        return None
+    chosen = data.get("backend") if isinstance(data, dict) else None
+    if chosen is not None and chosen not in BACKENDS:
+        raise ConfigurationError(f"settings file {path}: backend must be one of {', '.join(BACKENDS)}, "
+                                 f"not {chosen!r}")
+    return chosen
 
 
 class _Formatter(logging.Formatter):
@@ -43,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler.setFormatter(_Formatter())
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     try:
-        return context_for(args).run()
+        return _context_for(args).run()
     except BaseException as exc:  # one of ours leaves with its code; anything else (a bug) is re-raised
         code = exit_code(exc)
         if code is None:

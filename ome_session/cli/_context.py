@@ -9,8 +9,6 @@ what a session is (its groups, its role). ``LocalContext`` is the local database
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,7 +17,7 @@ from typing import ClassVar
 
 from .. import _maintenance, _tty
 from .._maintenance import GroupInfo
-from ..errors import ConfigurationError, NoSessionError, SessionKeyError
+from ..errors import NoSessionError, SessionKeyError
 from ..keystore import KeyStore, StoredSession
 from ..manager import SessionManager
 from ..session import Session
@@ -28,7 +26,6 @@ from . import _output
 BACKEND_ENV = "OME_SESSION_BACKEND"
 OMERO_ARGS_ENV = "OME_SESSION_OMERO_ARGS"  # Ice arguments for each omero.client, shell-quoted
 BACKENDS = ("local", "omero")
-_BACKEND_COMMANDS = ("login", "logout", "whoami", "sessions")  # the commands --backend applies to
 
 
 @dataclass(frozen=True)
@@ -213,41 +210,3 @@ class LocalContext(Context):
 
     def role(self, session: Session) -> str:
         return "super user" if session.is_su_session() else "admin" if _maintenance.is_admin(session) else "user"
-
-
-def context_for(args: argparse.Namespace) -> Context:
-    """The context of the backend the command runs with."""
-    if _backend(args) == "omero":
-        from ._omero import OmeroContext  # only now: it needs the [omero] extra
-
-        return OmeroContext(args)
-    return LocalContext(args)
-
-
-def _backend(args: argparse.Namespace) -> str:
-    """--backend, else $OME_SESSION_BACKEND, else the settings file's ``backend``, else local."""
-    if args.command not in _BACKEND_COMMANDS:
-        return "local"
-    chosen = args.backend or os.environ.get(BACKEND_ENV)
-    if chosen is None:
-        return _settings_backend() or "local"
-    if chosen not in BACKENDS:
-        raise ValueError(f"{BACKEND_ENV} must be one of {', '.join(BACKENDS)}, not {chosen!r}")
-    return str(chosen)
-
-
-def _settings_backend() -> str | None:
-    """The ``backend`` of the settings file, if there is one that says; an unreadable file is
-    left to the database lookup, which explains what is wrong with it."""
-    from .._settings import SYSTEM_SETTINGS, settings_path
-
-    path = next((p for p in (settings_path(), SYSTEM_SETTINGS) if p.exists()), None)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8")) if path is not None else None
-    except (OSError, ValueError):
-        return None
-    chosen = data.get("backend") if isinstance(data, dict) else None
-    if chosen is not None and chosen not in BACKENDS:
-        raise ConfigurationError(f"settings file {path}: backend must be one of {', '.join(BACKENDS)}, "
-                                 f"not {chosen!r}")
-    return chosen
