@@ -108,11 +108,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         return
     counted = [name for name in _TOTALS if any(name in e for e in entries)]
     totals = {name: sum(int(e.get(name) or 0) for e in entries) for name in counted}
-    if config.option.verbose > 0:
-        terminalreporter.write_sep("-", "reliability figures")
-        for entry in entries:
-            shown = ", ".join(f"{k}={v}" for k, v in entry.items() if k not in ("case", "problems"))
-            terminalreporter.write_line(f"{entry['case']}: {shown}")
+    # The entries the totals add up (all of them with -v), so that a log shows where each came from.
+    shown = entries if config.option.verbose > 0 else [e for e in entries if any(e.get(n) for n in _TOTALS)]
+    terminalreporter.write_sep("-", "reliability figures")
+    for entry in shown:
+        figures = ", ".join(f"{k}={v}" for k, v in entry.items() if k not in ("case", "problems"))
+        terminalreporter.write_line(f"{entry['case']}: {figures}")
     outcomes = config.stash.get(_OUTCOMES, Counter())
     cases = ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
     summary = ", ".join(f"{name}={value}" for name, value in totals.items())
