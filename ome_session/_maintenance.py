@@ -16,9 +16,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from . import _keys
+from . import _keys, _permissions
 from .configuration import Configuration
 from .errors import PermissionDenied, SessionError
+from .model import Experimenter
 from .session import Session
 
 DEFAULT_BATCH = 1000
@@ -52,12 +53,9 @@ ORDER BY g.name
 
 _FIND_GROUP = "SELECT id, name FROM groups WHERE name = %(name)s OR id = %(id)s ORDER BY name = %(name)s DESC LIMIT 1"
 
-# Membership is checked in the same statement as the change, so no removal can slip in between.
-_SET_PRIMARY_GROUP = """
-UPDATE experimenters SET group_id = %(group)s
-WHERE id = %(user)s AND EXISTS (
-    SELECT 1 FROM experimenter_group_map WHERE experimenter_id = %(user)s AND group_id = %(group)s)
-"""
+# The permission gate's condition (membership of the new group, for a user) is checked in the
+# same statement as the change, so no removal can slip in between.
+_SET_PRIMARY_GROUP = sql.SQL("UPDATE experimenters AS {} SET group_id = %s WHERE {}.id = %s AND {}")
 
 _SESSION_TIMES = "SELECT last_access, expires_at, now() FROM ome_sessions WHERE key_digest = %s"
 
@@ -182,7 +180,11 @@ def switch_group(session: Session, group: str) -> GroupInfo:
         found = dbh.execute(_FIND_GROUP, {"name": group, "id": group_id}).fetchone()
         if found is None:
             raise ValueError(f"there is no group {group!r}; `ome-session whoami` lists yours")
-        switched = dbh.execute(_SET_PRIMARY_GROUP, {"user": user_id, "group": found[0]}).rowcount
+        condition = _permissions.may_write(session.factory.principal, "update", Experimenter,
+                                           {"group_id": found[0]}, (user_id,)) or (sql.SQL("TRUE"), [])
+        row = sql.Identifier(_permissions.ROW)
+        switched = dbh.execute(_SET_PRIMARY_GROUP.format(row, row, condition[0]),
+                               [found[0], user_id, *condition[1]]).rowcount
     if not switched:
         raise PermissionDenied(f"{session.user_name} is not a member of group {found[1]!r}; "
                                "ask one of its leaders or an admin to add you")

@@ -16,19 +16,25 @@ correlated ``EXISTS`` subquery instead of a join: a join would repeat the object
 row and need a DISTINCT over every column to undo it, while EXISTS returns each matching object
 once, keeps COUNT exact and lets the planner use the link table's key index. Conditions under the
 same has-many prefix share one EXISTS, so they must hold for the same related row.
+
+The session's ACL is applied at every hop, not only to the class read: a joined row the user may
+not read joins as NULL and an EXISTS scope sees only readable rows, so no criterion, order or count
+reveals anything behind the ACL (see ``_permissions.visible``).
 """
 
 from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from ._permissions import Acl, visible
 from .dbobject import Column, DBObject, HasMany, Reference, resolve
+
+__all__ = ["Acl", "check_key", "compile_count", "compile_select", "criterion_columns"]
 
 # The operator whitelist: spelling accepted in criteria -> SQL text. Nothing else reaches SQL.
 _OPERATORS: dict[str, str] = {
@@ -49,14 +55,6 @@ _INT8_MIN, _INT8_MAX = -(2**63), 2**63 - 1
 _Fragment = tuple[sql.Composable, list[Any]]
 
 
-@dataclass(frozen=True)
-class Acl:
-    """Who the session may see: rows owned by one of `users` or in one of `groups`."""
-
-    users: frozenset[int]
-    groups: frozenset[int]
-
-
 def criterion_columns(cls: type[DBObject] | str) -> list[str]:
     """The names a criteria key (or one hop of a path) may use on ``cls``, for error messages."""
     klass = resolve(cls)
@@ -70,7 +68,7 @@ def compile_select(
     cls: type[DBObject] | str, criteria: Mapping[str, Any], acl: Acl | None, *, for_update: bool = False
 ) -> tuple[sql.Composed, list[Any]]:
     """SELECT every column of ``cls`` (aliased to its name) matching ``criteria``, in a total order."""
-    query = _Query(resolve(cls), criteria)
+    query = _Query(resolve(cls), criteria, acl)
     distinct = query.distinct()
     order = query.order()
     if distinct is not None and (not order or order[0][0] != distinct):
@@ -80,9 +78,11 @@ def compile_select(
         sql.SQL("{} AS {}").format(sql.Identifier("t0", name), sql.Identifier(name)) for name in query.cls.__columns__
     )
     head = sql.SQL("SELECT DISTINCT ON ({}) ").format(distinct) if distinct is not None else sql.SQL("SELECT ")
-    where, params = query.where(acl)
+    from_clause, params = query.root.from_clause()
+    where, where_params = query.where()
+    params += where_params
     order_by = sql.SQL(", ").join(sql.SQL("{} DESC").format(expr) if desc else expr for expr, desc in order)
-    parts = [head, columns, query.root.from_clause(), where, sql.SQL(" ORDER BY "), order_by]
+    parts = [head, columns, from_clause, where, sql.SQL(" ORDER BY "), order_by]
     for key, keyword in (("__limit", " LIMIT "), ("__offset", " OFFSET ")):
         if key in criteria:
             parts.append(sql.SQL(keyword) + sql.Placeholder())
@@ -98,14 +98,16 @@ def compile_count(
     cls: type[DBObject] | str, criteria: Mapping[str, Any], acl: Acl | None
 ) -> tuple[sql.Composed, list[Any]]:
     """COUNT the objects ``compile_select`` would return without limits (distinct values with __distinct)."""
-    query = _Query(resolve(cls), criteria)
+    query = _Query(resolve(cls), criteria, acl)
     distinct = query.distinct()
-    _Query(query.cls, {}).order(criteria.get("__order"))  # validated, then ignored
+    _Query(query.cls, {}, acl).order(criteria.get("__order"))  # validated, then ignored
     for key in ("__limit", "__offset"):
         if key in criteria:
             _non_negative(key, criteria[key])
-    where, params = query.where(acl)
-    body = sql.Composed([query.root.from_clause(), where])
+    from_clause, params = query.root.from_clause()
+    where, where_params = query.where()
+    params += where_params
+    body = sql.Composed([from_clause, where])
     if distinct is None:
         return sql.SQL("SELECT count(*)") + body, params
     # A subquery (not count(DISTINCT x)) so that NULL counts as one value, as DISTINCT ON groups it.
@@ -117,7 +119,7 @@ class _Scope:
 
     def __init__(self, query: _Query, cls: type[DBObject], alias: str, link: sql.Composable | None) -> None:
         self.query, self.cls, self.alias, self.link = query, cls, alias, link
-        self.joins: list[sql.Composable] = []
+        self.joins: list[_Fragment] = []
         self.conditions: list[_Fragment | _Scope] = []
         self._hops: dict[tuple[str, str], tuple[type[DBObject], str] | _Scope] = {}
 
@@ -126,12 +128,14 @@ class _Scope:
         hop = self._hops.get((alias, ref.name))
         if not isinstance(hop, tuple):
             target, new = ref.target_class(), self.query.new_alias()
-            self.joins.append(
-                sql.SQL(" LEFT JOIN {} AS {} ON {} = {}").format(
-                    sql.Identifier(target.__table__), sql.Identifier(new),
-                    sql.Identifier(new, _key(target)), sql.Identifier(alias, ref.column or ""),
-                )
-            )
+            on = sql.SQL("{} = {}").format(sql.Identifier(new, _key(target)), sql.Identifier(alias, ref.column or ""))
+            params: list[Any] = []
+            readable = visible(target, new, self.query.acl)
+            if readable is not None:  # a row the user may not read joins as NULL
+                on = sql.SQL("{} AND {}").format(on, readable[0])
+                params = readable[1]
+            self.joins.append((sql.SQL(" LEFT JOIN {} AS {} ON {}").format(
+                sql.Identifier(target.__table__), sql.Identifier(new), on), params))
             hop = self._hops[(alias, ref.name)] = (target, new)
         return hop
 
@@ -144,12 +148,15 @@ class _Scope:
                 sql.Identifier(new, ref.column or ""), sql.Identifier(alias, _key(ref.target_class()))
             )
             hop = self._hops[(alias, link.name)] = _Scope(self.query, link.target_class(), new, on)
+            readable = visible(hop.cls, new, self.query.acl)
+            if readable is not None:  # only rows the user may read can match
+                hop.conditions.append(readable)
             self.conditions.append(hop)
         return hop
 
-    def from_clause(self) -> sql.Composed:
+    def from_clause(self) -> tuple[sql.Composed, list[Any]]:
         head = sql.SQL(" FROM {} AS {}").format(sql.Identifier(self.cls.__table__), sql.Identifier(self.alias))
-        return sql.Composed([head, *self.joins])
+        return sql.Composed([head, *(text for text, _ in self.joins)]), [p for _, params in self.joins for p in params]
 
     def rendered_conditions(self) -> tuple[list[sql.Composable], list[Any]]:
         texts: list[sql.Composable] = [] if self.link is None else [self.link]
@@ -161,16 +168,17 @@ class _Scope:
         return texts, params
 
     def exists(self) -> _Fragment:
-        texts, params = self.rendered_conditions()
+        from_clause, params = self.from_clause()
+        texts, where_params = self.rendered_conditions()
         where = sql.SQL(" AND ").join(texts)
-        return sql.SQL("EXISTS (SELECT 1{} WHERE {})").format(self.from_clause(), where), params
+        return sql.SQL("EXISTS (SELECT 1{} WHERE {})").format(from_clause, where), params + where_params
 
 
 class _Query:
     """The parsed criteria of one statement: scopes, aliases t0, t1, ... and the special keys."""
 
-    def __init__(self, cls: type[DBObject], criteria: Mapping[str, Any]) -> None:
-        self.cls, self.criteria, self._aliases = cls, criteria, 0
+    def __init__(self, cls: type[DBObject], criteria: Mapping[str, Any], acl: Acl | None) -> None:
+        self.cls, self.criteria, self.acl, self._aliases = cls, criteria, acl, 0
         self.root = _Scope(self, cls, self.new_alias(), None)
         for key, value in criteria.items():
             if not isinstance(key, str):
@@ -203,6 +211,9 @@ class _Query:
                 raise _unknown(cls, hop, key, "reference or has-many link")
         column = _column(cls, last)
         if column is None:
+            if last in cls.__private__:
+                raise ValueError(f"{cls.__name__}.{last} is private: it cannot be used in criteria, "
+                                 f"__order or __distinct (criteria key {key!r})")
             raise _unknown(cls, last, key, "column or reference")
         return scope, alias, cls, column
 
@@ -231,14 +242,12 @@ class _Query:
             order.append((self.expression(item[1:] if descending else item, "__order"), descending))
         return order
 
-    def where(self, acl: Acl | None) -> tuple[sql.Composable, list[Any]]:
+    def where(self) -> tuple[sql.Composable, list[Any]]:
         texts, params = self.root.rendered_conditions()
-        if acl is not None and self.cls.__owned__:
-            owner, group = (self.cls.__references__[name].column or "" for name in ("owner", "group"))
-            texts.append(sql.SQL("({} = ANY({}::int8[]) OR {} = ANY({}::int8[]))").format(
-                sql.Identifier("t0", owner), sql.Placeholder(), sql.Identifier("t0", group), sql.Placeholder()
-            ))  # fmt: skip
-            params += [sorted(acl.users), sorted(acl.groups)]
+        readable = visible(self.cls, self.root.alias, self.acl)
+        if readable is not None:
+            texts.append(readable[0])
+            params += readable[1]
         if not texts:
             return sql.SQL(""), params
         return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(texts), params
@@ -316,6 +325,25 @@ def _value(owner: type[DBObject], column: Column, value: Any) -> Any:
     return Jsonb(value) if column.type is dict else value
 
 
+def check_key(cls: type[DBObject], id: Any) -> tuple[Any, ...]:
+    """The primary key ``id`` of ``cls`` as a tuple of checked values (a tuple in, for composite keys).
+
+    Only values: an operator tuple, a list, None, a bool or a value of the wrong type is refused
+    here, before any SQL, instead of turning into criteria or reaching the driver.
+    """
+    names = cls.__primary_key__
+    given = id if isinstance(id, tuple) else (id,)
+    if len(given) != len(names):
+        raise ValueError(f"{cls.__name__} has primary key {names}, got {id!r}")
+    key = []
+    for name, value in zip(names, given, strict=True):
+        if value is None or isinstance(value, (tuple, list, set, frozenset, dict)):
+            raise TypeError(f"{cls.__name__}.{name}: load_object takes a key value, not {value!r:.60}")
+        checked = _value(cls, cls.__columns__[name], value)
+        key.append(checked if isinstance(value, DBObject) else value)
+    return tuple(key)
+
+
 def _column(cls: type[DBObject], name: str) -> Column | None:
     """A column by column name or reference name; ``id`` means the (single-column) primary key."""
     if name == "id" and "id" not in cls.__columns__ and len(cls.__primary_key__) == 1:
@@ -333,8 +361,8 @@ def _key(cls: type[DBObject]) -> str:
 def _non_negative(key: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{key} takes a non-negative int, not {value!r}")
-    if value < 0:
-        raise ValueError(f"{key} takes a non-negative int, not {value}")
+    if not 0 <= value <= _INT8_MAX:
+        raise ValueError(f"{key} takes an int from 0 to {_INT8_MAX}, not {value}")
     return value
 
 

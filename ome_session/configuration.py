@@ -7,7 +7,8 @@ through Perl's ``Safe``). Every name is declared below with its type and default
 
 from __future__ import annotations
 
-import math
+import logging
+import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,12 +17,18 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg.types.json import Jsonb
 
+from . import _permissions
 from ._tempfiles import default_root
+from .dbobject import check_json, check_text
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
+    import psycopg
+
     from .factory import Factory
     from .model import Experimenter
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,12 +55,17 @@ VARIABLES: dict[str, _Variable] = {
 }
 
 # Timeouts beyond this (68 years) would overflow timestamp arithmetic and lock everybody out.
+# The same bound is in the database's ome_session_config_valid (see the migrations).
 _MAX_SECONDS = 2**31 - 1
+_MAX_ID = 2**63 - 1
 
 _SELECT_ALL = "SELECT name, value FROM configuration"
-_INSERT = "INSERT INTO configuration (name, value) VALUES (%s, %s)"
 _UPSERT = ("INSERT INTO configuration (name, value) VALUES (%s, %s) "
            "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value")
+# The super user must be an active admin when named: written only if that holds, in one statement.
+_UPSERT_SUPER_USER = ("INSERT INTO configuration (name, value) SELECT 'super_user', %(value)s "
+                      "WHERE EXISTS (SELECT 1 FROM experimenters WHERE id = %(id)s AND active AND is_admin "
+                      "AND NOT is_guest) ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value")
 # Serialises concurrent installs: the first writes, the others see a non-empty table.
 _LOCK = "LOCK TABLE configuration IN SHARE ROW EXCLUSIVE MODE"
 
@@ -70,39 +82,40 @@ def _check(name: str, value: Any) -> Any:
     if not isinstance(value, variable.kind):
         kind = variable.kind.__name__ if isinstance(variable.kind, type) else variable.kind
         raise ConfigurationError(f"configuration {name!r} takes {kind}, not {type(value).__name__}")
-    if name in ("session_idle_timeout", "session_max_lifetime") and isinstance(value, int) \
-            and not 0 <= value <= _MAX_SECONDS:
-        raise ConfigurationError(
-            f"configuration {name!r} must be 0 (no limit) or a number of seconds up to {_MAX_SECONDS}"
-        )
-    _check_storable(name, value)
+    if isinstance(value, int) and name in ("session_idle_timeout", "session_max_lifetime", "super_user"):
+        return _check_number(name, value)
+    try:
+        if isinstance(value, str):
+            check_text(value, f"configuration {name!r}")
+        else:
+            check_json(value, f"configuration {name!r}")
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(str(exc)) from None
     return value
 
 
-def _check_storable(name: str, value: Any) -> None:
-    """Refuse, before any SQL, what jsonb cannot hold: NUL or a lone surrogate in text (keys too)
-    and numbers that are not finite. PostgreSQL would reject them mid-transaction."""
-    if isinstance(value, str):
-        if "\x00" in value or _has_lone_surrogate(value):
-            raise ConfigurationError(f"configuration {name!r}: text cannot hold NUL characters or lone "
-                                     f"surrogates ({value!r:.40})")
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise ConfigurationError(f"configuration {name!r}: numbers must be finite, not {value}")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_storable(name, key)
-            _check_storable(name, item)
-    elif isinstance(value, list):
-        for item in value:
-            _check_storable(name, item)
+def _check_number(name: str, value: int) -> int:
+    if name == "super_user":
+        if not 0 <= value <= _MAX_ID:
+            raise ConfigurationError(f"configuration 'super_user' is an experimenter id, not {value}")
+    elif not 0 <= value <= _MAX_SECONDS:
+        raise ConfigurationError(
+            f"configuration {name!r} must be 0 (no limit) or a number of seconds up to {_MAX_SECONDS}")
+    return value
 
 
-def _has_lone_surrogate(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
+def _check_write(name: str, value: Any) -> Any:
+    """What a write must satisfy beyond ``_check``: the values a running install depends on whole."""
+    value = _check(name, value)
+    if value is None:
+        return None
+    if name == "tmp_dir" and not os.path.isabs(value):
+        raise ConfigurationError(f"configuration 'tmp_dir' must be an absolute path, not {value!r}")
+    if name == "ldap":
+        from . import _ldap
+
+        _ldap.parse_settings(value)  # a complete, valid block, or ConfigurationError saying what to fix
+    return value
 
 
 class Configuration:
@@ -192,7 +205,7 @@ class Configuration:
         Write-once: a configuration that exists is never overwritten here (use ``update``). Runs in
         the caller's transaction; commit it to keep the values.
         """
-        checked = {name: _check(name, value) for name, value in values.items()}
+        checked = cls._checked(factory, values)
         conn = factory._connection
         with conn.errors():
             conn.raw.execute(_LOCK)
@@ -201,22 +214,39 @@ class Configuration:
                 return False
             for name, value in checked.items():
                 if value is not None:
-                    conn.raw.execute(_INSERT, (name, Jsonb(value)))
+                    _write(conn.raw, name, value)
         cls._refresh(factory)
         return True
 
     @classmethod
     def update(cls, factory: Factory, values: Mapping[str, Any]) -> None:
-        """Set (or, with None, remove) each value; runs in the caller's transaction."""
-        checked = {name: _check(name, value) for name, value in values.items()}
+        """Set (or, with None, remove) each value; runs in the caller's transaction.
+
+        For admins and the super user; ``super_user`` only for the super user (and trusted code),
+        and only naming an existing active admin. Every value is checked before anything is sent.
+        """
+        checked = cls._checked(factory, values)
         dbh = factory.obtain_dbh()
         with factory._connection.errors():
             for name, value in checked.items():
                 if value is None:
                     dbh.execute("DELETE FROM configuration WHERE name = %s", (name,))
                 else:
-                    dbh.execute(_UPSERT, (name, Jsonb(value)))
+                    _write(dbh, name, value)
         cls._refresh(factory)
+
+    @staticmethod
+    def _checked(factory: Factory, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The values, checked, after the rights to write them: nothing is sent before both."""
+        if not isinstance(values, Mapping):
+            raise TypeError(f"configuration values come as a mapping of names to values, not {type(values).__name__}")
+        for name in values:
+            _check(name, None)  # unknown names first: a typo is not a permission problem
+        _permissions.may_configure(factory.principal, values)
+        # super_user first: its write can still be refused by the database (no such active admin),
+        # and then nothing else of the call has been written either.
+        names = sorted(values, key=lambda name: name != "super_user")
+        return {name: _check_write(name, values[name]) for name in names}
 
     @classmethod
     def _refresh(cls, factory: Factory) -> None:
@@ -249,8 +279,23 @@ class Configuration:
         self._uncommitted = False
 
 
+def _write(dbh: psycopg.Connection[Any], name: str, value: Any) -> None:
+    if name != "super_user":
+        dbh.execute(_UPSERT, (name, Jsonb(value)))
+    elif not dbh.execute(_UPSERT_SUPER_USER, {"value": Jsonb(value), "id": value}).rowcount:
+        raise ConfigurationError(f"configuration 'super_user' must name an existing, active admin; {value} does not")
+
+
 def _read_all(factory: Factory) -> dict[str, Any]:
     conn = factory._connection
     with conn.errors(), conn.autocommit() as raw:
         rows = raw.execute(_SELECT_ALL).fetchall()
-    return {name: value for name, value in rows if name in VARIABLES}
+    values = {}
+    for name, value in rows:
+        if name not in VARIABLES:
+            continue
+        try:
+            values[name] = _check(name, value)
+        except ConfigurationError as exc:  # written by plain SQL: ignored, never fatal
+            log.error("configuration value %r ignored (the default applies): %s", name, exc)
+    return values

@@ -11,12 +11,18 @@ their own tables the same way the core classes in ``model.py`` are declared::
         group = Reference("Group")
 
 A class with both ``owner`` and ``group`` references is *owned*: the Factory filters its reads by
-the session's ACL and fills those two in from the session on ``new_object``.
+the session's ACL and fills those two in from the session on ``new_object``. A class declaring
+``__link__ = ("a", "b")`` names two references whose objects it links: a link row is visible only
+when both ends are, and only those who may change both ends may make or remove one.
+
+A column declared ``private=True`` (``password_hash``) is never loaded into objects, never usable in
+criteria, ordering or ``__distinct``, and never written through the Factory: it has its own API.
 """
 
 from __future__ import annotations
 
 import datetime
+import math
 import threading
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -40,10 +46,15 @@ _ACCEPTS: dict[type, tuple[type, ...]] = {
 
 
 class Column:
-    """A plain column. ``type`` is one of int, float, str, bool, datetime, date, dict (jsonb), bytes."""
+    """A plain column. ``type`` is one of int, float, str, bool, datetime, date, dict (jsonb), bytes.
+
+    ``private=True`` keeps the column out of everything the Factory reads and writes (see the
+    module docstring); trusted code reaches it with SQL.
+    """
 
     def __init__(
-        self, type: type = str, *, nullable: bool = True, default: Any = _MISSING, column: str | None = None
+        self, type: type = str, *, nullable: bool = True, default: Any = _MISSING, column: str | None = None,
+        private: bool = False,
     ) -> None:
         if type not in _ACCEPTS:
             raise TypeError(f"unsupported column type {type!r}; use one of {sorted(t.__name__ for t in _ACCEPTS)}")
@@ -51,6 +62,7 @@ class Column:
         self.nullable = nullable
         self.default = default
         self.column = column
+        self.private = private
         self.name = ""
 
     def __set_name__(self, owner: type, name: str) -> None:
@@ -69,17 +81,60 @@ class Column:
             raise TypeError(
                 f"{cls_name}.{self.name} takes {self.type.__name__}, not {type(value).__name__} ({value!r:.40})"
             )
-        if isinstance(value, str) and "\x00" in value:
-            raise ValueError(f"{cls_name}.{self.name}: text cannot contain NUL characters")
+        if isinstance(value, str):
+            check_text(value, f"{cls_name}.{self.name}")
+        elif self.type is dict:
+            check_json(value, f"{cls_name}.{self.name}")
         return value
 
     def __get__(self, obj: DBObject | None, owner: type) -> Any:
         if obj is None:
             return self
+        if self.private:
+            raise AttributeError(private_column_message(owner.__name__, self.name))
         return obj._values.get(self.name)
 
     def __set__(self, obj: DBObject, value: Any) -> None:
+        if self.private:
+            raise AttributeError(private_column_message(type(obj).__name__, self.name))
         obj._set(self.name, self.check(type(obj).__name__, value))
+
+
+def private_column_message(cls_name: str, name: str) -> str:
+    return (f"{cls_name}.{name} is private: it is never loaded, compared or written through the Factory"
+            + (" (use ome_session.admin.set_password)" if name == "password_hash" else ""))
+
+
+def check_text(value: str, where: str) -> str:
+    """``value`` if PostgreSQL text can hold it: no NUL, and no lone surrogate (which cannot be
+    encoded at all and would otherwise surface as a driver error with the transaction aborted)."""
+    if "\x00" in value:
+        raise ValueError(f"{where}: text cannot contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{where}: text cannot contain lone surrogates ({value!r:.40})") from None
+    return value
+
+
+def check_json(value: Any, where: str) -> Any:
+    """``value`` if jsonb can hold it: text as in ``check_text``, string keys, finite numbers."""
+    if isinstance(value, str):
+        check_text(value, where)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where}: JSON has no {value!r}")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{where}: JSON object keys are text, not {type(key).__name__}")
+            check_text(key, where)
+            check_json(item, where)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            check_json(item, where)
+    elif value is not None and not isinstance(value, (bool, int, float)):
+        raise TypeError(f"{where}: {type(value).__name__} is not a JSON value")
+    return value
 
 
 class Reference(Column):
@@ -147,7 +202,10 @@ class DBObject:
     __columns__: ClassVar[dict[str, Column]] = {}
     __references__: ClassVar[dict[str, Reference]] = {}
     __has_many__: ClassVar[dict[str, HasMany]] = {}
+    __private__: ClassVar[dict[str, Column]] = {}
     __owned__: ClassVar[bool] = False
+    # The two references a link class joins (see the module docstring); None for other classes.
+    __link__: ClassVar[tuple[str, str] | None] = None
     # Columns identifying a row; a link table may use its two references instead of an id.
     __primary_key__: ClassVar[tuple[str, ...]] = ("id",)
 
@@ -156,6 +214,7 @@ class DBObject:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         columns: dict[str, Column] = {}
+        private: dict[str, Column] = {}
         references: dict[str, Reference] = {}
         has_many: dict[str, HasMany] = {}
         for klass in reversed(cls.__mro__):
@@ -164,15 +223,22 @@ class DBObject:
                     references[name] = attr
                     columns[attr.column or name] = attr
                 elif isinstance(attr, Column):
-                    columns[attr.column or name] = attr
+                    (private if attr.private else columns)[attr.column or name] = attr
                 elif isinstance(attr, HasMany):
                     has_many[name] = attr
                 elif attr is None and name in columns:  # ``id = None`` drops the inherited id
                     del columns[name]
         cls.__columns__ = columns
+        cls.__private__ = private
         cls.__references__ = references
         cls.__has_many__ = has_many
         cls.__owned__ = "owner" in references and "group" in references
+        link = cls.__link__
+        if link is not None:
+            if not (isinstance(link, tuple) and len(link) == 2 and all(end in references for end in link)):
+                raise TypeError(f"{cls.__name__}.__link__ names the two references it links, not {link!r}")
+            if cls.__owned__:
+                raise TypeError(f"{cls.__name__} is a link: it is visible through its ends, so it has no owner")
         if "__table__" in vars(cls):
             _register(cls)
 
@@ -195,7 +261,18 @@ class DBObject:
         """Reference columns read by column name too: ``project.owner_id`` as well as ``project.owner``."""
         if not name.startswith("_") and name in type(self).__columns__:
             return self._values.get(name)
+        if name in type(self).__private__:
+            raise AttributeError(private_column_message(type(self).__name__, name))
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """A reference set by its column name (``project.owner_id = 3``) goes through the reference,
+        as it reads; otherwise the value would sit on the instance and ``store()`` would ignore it."""
+        column = type(self).__columns__.get(name)
+        if column is not None and column.name != name:
+            column.__set__(self, value)
+            return
+        object.__setattr__(self, name, value)
 
     def _set(self, column: str, value: Any) -> None:
         if column == "id" and self._values.get("id") is not None:

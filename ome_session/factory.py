@@ -1,8 +1,10 @@
 """The Factory: one database connection per session, and every read and write of DBObjects.
 
-Reads of owned classes go through the session's ACL; objects are kept in an identity cache (the
-same row loads as the same object) that is cleared on rollback and on idle, so no stale object
-outlives an aborted transaction or leaks to the next user of the process.
+Reads go through the session's ACL and every write through the permission gate (``_permissions``);
+a Factory made directly from the database credentials, or by a bootstrap session, is trusted code
+and passes both. Objects are kept in an identity cache (the same row loads as the same object) that
+is cleared on rollback and on idle, so no stale object outlives an aborted transaction or leaks to
+the next user of the process.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
-from . import _query
+from . import _permissions, _query
 from ._connection import DEFAULT_CONNECT_TIMEOUT, Connection
-from ._query import Acl
-from .dbobject import DBObject, resolve
+from ._permissions import ROW, TRUSTED, Acl, Principal
+from .dbobject import DBObject, private_column_message, resolve
 from .errors import SessionIdleError
 
 if TYPE_CHECKING:
@@ -44,9 +46,9 @@ class Factory:
         self._idle = False
         self._cache: weakref.WeakValueDictionary[tuple[Any, ...], DBObject] = weakref.WeakValueDictionary()
         self._configuration: Configuration | None = None
-        self.acl: Acl | None = None
-        # Defaults for the owner and group of new objects of owned classes (the session's user).
-        self.owner_id: int | None = None
+        # Who acts: trusted code until a login binds a user (see SessionManager).
+        self.principal: Principal = TRUSTED
+        # The group new objects of owned classes go to (the user's default group).
         self.group_id: int | None = None
         self._cursor_seq = 0
 
@@ -101,9 +103,20 @@ class Factory:
             self._db.open()
         self._idle = False
 
-    def _reset_for_user(self, acl: Acl | None, owner_id: int | None, group_id: int | None) -> None:
+    def _reset_for_user(self, principal: Principal, group_id: int | None) -> None:
         self._cache.clear()
-        self.acl, self.owner_id, self.group_id = acl, owner_id, group_id
+        self.principal = principal
+        self.group_id = principal.default_group(group_id)
+
+    @property
+    def acl(self) -> Acl | None:
+        """What the session may read (None: everything)."""
+        return self.principal.acl()
+
+    @property
+    def owner_id(self) -> int | None:
+        """The owner of new objects of owned classes: the session's user."""
+        return self.principal.user_id
 
     @property
     def _connection(self) -> Connection:
@@ -134,9 +147,7 @@ class Factory:
     def load_object(self, cls: ClassRef, id: Any) -> DBObject | None:
         """The object with primary key ``id`` (a tuple for composite keys), or None."""
         klass = resolve(cls)
-        key = id if isinstance(id, tuple) else (id,)
-        if len(key) != len(klass.__primary_key__):
-            raise ValueError(f"{klass.__name__} has primary key {klass.__primary_key__}, got {id!r}")
+        key = _query.check_key(klass, id)
         cached = self._cache.get((klass, *key))
         if cached is not None:
             return cached
@@ -144,7 +155,7 @@ class Factory:
 
     def find_objects(self, cls: ClassRef, **criteria: Any) -> list[DBObject]:
         """Every object matching ``criteria`` (see the criteria language in the README)."""
-        klass = resolve(cls)
+        klass = self._readable(cls)
         query, params = _query.compile_select(klass, criteria, self.acl)
         rows = self._execute(query, params).fetchall()
         return [self._materialise(klass, row) for row in rows]
@@ -161,7 +172,7 @@ class Factory:
         Objects streamed this way are not kept in the identity cache. Consume the iterator inside
         the transaction that started it.
         """
-        klass = resolve(cls)
+        klass = self._readable(cls)
         query, params = _query.compile_select(klass, criteria, self.acl)
         conn = self.obtain_dbh()
         self._cursor_seq += 1
@@ -173,7 +184,7 @@ class Factory:
                 yield klass._from_row(self, dict(zip(names, row, strict=True)))
 
     def count_objects(self, cls: ClassRef, **criteria: Any) -> int:
-        query, params = _query.compile_count(resolve(cls), criteria, self.acl)
+        query, params = _query.compile_count(self._readable(cls), criteria, self.acl)
         row = self._execute(query, params).fetchone()
         return int(row[0]) if row else 0
 
@@ -193,19 +204,27 @@ class Factory:
         if klass.__owned__:
             row.setdefault("owner_id", self.owner_id)
             row.setdefault("group_id", self.group_id)
-        columns = list(klass.__columns__)
-        if row:
-            query = sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING {}").format(
-                sql.Identifier(klass.__table__),
-                sql.SQL(", ").join(map(sql.Identifier, row)),
-                sql.SQL(", ").join(sql.Placeholder() * len(row)),
-                sql.SQL(", ").join(map(sql.Identifier, columns)),
-            )
+        condition = _permissions.may_write(self.principal, "create", klass, row)
+        table = sql.Identifier(klass.__table__)
+        returning = sql.SQL(", ").join(map(sql.Identifier, klass.__columns__))
+        names = sql.SQL(", ").join(map(sql.Identifier, row))
+        values_sql = sql.SQL(", ").join(sql.Placeholder() * len(row))
+        params = list(row.values())
+        if condition is not None and row:
+            # Decided by the stored rows (a leader's member, the ends of a link): inserted only if
+            # the condition holds, in the same statement.
+            query = sql.SQL("INSERT INTO {} ({}) SELECT {} WHERE {} RETURNING {}").format(
+                table, names, values_sql, condition[0], returning)
+            params += condition[1]
+        elif condition is not None:
+            raise _permissions.refusal(self.principal, "create", klass)
+        elif row:
+            query = sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING {}").format(table, names, values_sql, returning)
         else:
-            query = sql.SQL("INSERT INTO {} DEFAULT VALUES RETURNING {}").format(
-                sql.Identifier(klass.__table__), sql.SQL(", ").join(map(sql.Identifier, columns)))
-        result = self._execute(query, list(row.values())).fetchone()
-        assert result is not None
+            query = sql.SQL("INSERT INTO {} DEFAULT VALUES RETURNING {}").format(table, returning)
+        result = self._execute(query, params).fetchone()
+        if result is None:
+            raise _permissions.refusal(self.principal, "create", klass, detail=_NOT_ALLOWED_HERE)
         return self._materialise(klass, result)
 
     def maybe_new_object(self, cls: ClassRef, **values: Any) -> DBObject:
@@ -219,30 +238,56 @@ class Factory:
         if normal not in _LOCK_MODES:
             raise ValueError(f"unknown lock mode {mode!r}; use one of {sorted(_LOCK_MODES)}")
         klass = resolve(cls)
+        _permissions.may_lock(self.principal, klass)
         self._execute(sql.SQL("LOCK TABLE {} IN " + normal + " MODE").format(sql.Identifier(klass.__table__)), [])
 
     def _store(self, obj: DBObject) -> None:
-        changed = {c: obj._values[c] for c in obj._dirty if c not in type(obj).__primary_key__}
+        klass = type(obj)
+        changed = {c: obj._values[c] for c in obj._dirty if c not in klass.__primary_key__}
         if not changed:
             return
-        klass = type(obj)
-        query = sql.SQL("UPDATE {} SET {} WHERE {}").format(
-            sql.Identifier(klass.__table__),
-            sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in changed),
-            _pk_clause(klass),
+        # Only declared, public columns, each checked again: the object may have been tampered with.
+        changed = self._checked_values(klass, changed)
+        key = _query.check_key(klass, obj.primary_key())
+        condition = _permissions.may_write(self.principal, "update", klass, changed, key)
+        where, params = _guarded(klass, key, condition)
+        query = sql.SQL("UPDATE {} AS {} SET {} WHERE {}").format(
+            sql.Identifier(klass.__table__), sql.Identifier(ROW),
+            sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in changed), where,
         )
-        self._execute(query, [*changed.values(), *obj.primary_key()])
+        if not self._execute(query, [*changed.values(), *params]).rowcount and condition is not None:
+            raise _permissions.refusal(self.principal, "update", klass, detail=_NOT_ALLOWED_HERE)
         obj._dirty.clear()
 
     def _delete(self, obj: DBObject) -> None:
         klass = type(obj)
-        query = sql.SQL("DELETE FROM {} WHERE {}").format(sql.Identifier(klass.__table__), _pk_clause(klass))
-        self._execute(query, list(obj.primary_key()))
-        self._cache.pop((klass, *obj.primary_key()), None)
+        key = _query.check_key(klass, obj.primary_key())
+        condition = _permissions.may_write(self.principal, "delete", klass, {}, key)
+        where, params = _guarded(klass, key, condition)
+        query = sql.SQL("DELETE FROM {} AS {} WHERE {}").format(sql.Identifier(klass.__table__), sql.Identifier(ROW),
+                                                                where)
+        if not self._execute(query, params).rowcount and condition is not None:
+            raise _permissions.refusal(self.principal, "delete", klass, detail=self._why_not_deleted(klass, key))
+        self._cache.pop((klass, *key), None)
+
+    def _why_not_deleted(self, klass: type[DBObject], key: tuple[Any, ...]) -> str:
+        """The refusal's reason; a second look only for the case a user can act on, and only at
+        what every user may read (a user's default group), so it reveals nothing hidden."""
+        if _permissions.kind_of(klass) == _permissions.MEMBERSHIP:
+            row = self._execute(sql.SQL("SELECT group_id = %s FROM experimenters WHERE id = %s"),
+                                [key[1], key[0]]).fetchone()
+            if row and row[0]:
+                return "it is the user's default group: change the default group first"
+        return _NOT_ALLOWED_HERE
+
+    def _readable(self, cls: ClassRef) -> type[DBObject]:
+        klass = resolve(cls)
+        _permissions.may_read(self.principal, klass)
+        return klass
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _execute(self, query: sql.Composed, params: list[Any]) -> psycopg.Cursor[Any]:
+    def _execute(self, query: sql.SQL | sql.Composed, params: list[Any]) -> psycopg.Cursor[Any]:
         conn = self.obtain_dbh()
         with self._db.errors():
             cursor: psycopg.Cursor[Any] = conn.execute(query, params)
@@ -269,6 +314,8 @@ class Factory:
             value = given
             ref = klass.__references__.get(name)
             column = klass.__columns__.get(ref.column if ref else name)  # type: ignore[arg-type]
+            if column is None and name in klass.__private__:
+                raise ValueError(private_column_message(klass.__name__, name))
             if column is None:
                 raise ValueError(
                     f"{klass.__name__} has no column {name!r}; columns: {', '.join(klass.__columns__)}"
@@ -281,5 +328,15 @@ class Factory:
         return row
 
 
-def _pk_clause(klass: type[DBObject]) -> sql.Composable:
-    return sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in klass.__primary_key__)
+_NOT_ALLOWED_HERE = "not theirs to change, or it no longer exists"
+
+
+def _guarded(klass: type[DBObject], key: tuple[Any, ...],
+             condition: _permissions.Fragment | None) -> tuple[sql.Composable, list[Any]]:
+    """WHERE the row has this key and (when the gate asks for one) the condition holds."""
+    texts: list[sql.Composable] = [sql.SQL("{} = %s").format(sql.Identifier(ROW, c)) for c in klass.__primary_key__]
+    params = list(key)
+    if condition is not None:
+        texts.append(condition[0])
+        params += condition[1]
+    return sql.SQL(" AND ").join(texts), params

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__, _migrations, _passwords, _prompt
+from . import __version__, _migrations, _prompt, admin
 from ._settings import EMBEDDED_DBNAME, Settings, resolve_dsn, settings_path, write_settings
 from .configuration import Configuration
 from .errors import ConfigurationError
@@ -107,7 +107,8 @@ def _first_admin(session: Session, name: str, password: str | None, report: Repo
     password = password or _admin_password(name)
     group = factory.maybe_new_object(Group, name=ADMIN_GROUP)
     user = factory.new_object(Experimenter, ome_name=name, first_name="OME", last_name="Administrator",
-                              password_hash=_passwords.hash_password(password), group=group, is_admin=True)
+                              group=group, is_admin=True)
+    admin.set_password(user, password)  # type: ignore[arg-type]
     factory.new_object(ExperimenterGroupMap, experimenter=user, group=group)
     factory.maybe_new_object(UserState, experimenter=user)
     if group.leader_id is None:  # type: ignore[attr-defined]

@@ -11,6 +11,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ._principal import Principal
 from ._settings import Settings, resolve_dsn
 from .backends import AuthBackend, Login
 from .errors import ConfigurationError, SessionError
@@ -204,7 +205,10 @@ class SessionManager:
             if current._factory is not factory and current._factory is not None:
                 current._factory.close()
         factory._revive()
-        factory._reset_for_user(login.acl, login.experimenter_id, login.group_id)
+        # Never trusted: a backend that knows no more about its user gets a user with no rights.
+        principal = login.principal or Principal(user_id=login.experimenter_id, name=login.user_name,
+                                                 is_guest=login.is_guest)
+        factory._reset_for_user(principal, login.group_id)
         backend = self._backend(factory)
         if current is not None and not current.is_bootstrap():
             session = current

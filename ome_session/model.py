@@ -25,7 +25,7 @@ class Experimenter(DBObject):
     email = Column(str)
     institution = Column(str)
     data_dir = Column(str)
-    password_hash = Column(str)
+    password_hash = Column(str, private=True)  # written only by ome_session.admin.set_password
     group = Reference("Group")
     is_guest = Column(bool, nullable=False, default=False)
     is_admin = Column(bool, nullable=False, default=False)
@@ -95,6 +95,7 @@ class Image(DBObject):
 class ProjectDatasetMap(DBObject):
     __table__ = "project_dataset_map"
     __ome_name__ = "OME::Project::DatasetMap"
+    __link__ = ("project", "dataset")
     project = Reference("Project", nullable=False)
     dataset = Reference("Dataset", nullable=False)
 
@@ -102,5 +103,6 @@ class ProjectDatasetMap(DBObject):
 class DatasetImageMap(DBObject):
     __table__ = "dataset_image_map"
     __ome_name__ = "OME::Image::DatasetMap"
+    __link__ = ("dataset", "image")
     dataset = Reference("Dataset", nullable=False)
     image = Reference("Image", nullable=False)

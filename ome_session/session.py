@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from psycopg import sql
 
-from ._query import Acl
+from ._principal import Acl
 from ._tempfiles import TempFiles
 from ._tempfiles import reap as _reap_temp
 from .errors import BootstrapError, NoSessionError, SessionError, SessionIdleError

@@ -302,10 +302,11 @@ def test_sudo_needs_a_logged_in_session(people: People) -> None:
         SessionManager(people.dsn).sudo_session("alice")
 
 
-def test_acl_of_a_group_leader_covers_the_members(people: People) -> None:
+def test_acl_of_a_group_leader_covers_the_groups_he_leads_not_his_members_elsewhere(people: People) -> None:
+    # As in OMERO, a group owner sees his members' data within the group, not in their other groups.
     session = SessionManager(people.dsn).create_session("lena", "lena-password")
     assert session.acl is not None
-    assert session.acl.users == {people.ids[n] for n in ("lena", "alice", "bob")}
+    assert session.acl.users == {people.ids["lena"]}
     assert session.acl.groups == {people.groups["lab_a"]}
 
 

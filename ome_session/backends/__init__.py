@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._query import Acl
+from .._principal import Acl, Principal
 
 
 @dataclass
@@ -32,6 +32,8 @@ class Login:
     is_guest: bool = False
     is_super: bool = False
     acl: Acl | None = None
+    # Who acts, for the permission gate of a local Factory (None for backends without one).
+    principal: Principal | None = None
     project_id: int | None = None
     dataset_id: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)

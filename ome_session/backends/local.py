@@ -8,11 +8,13 @@ statement that checks the key, touches it, and returns the user, the user state 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
-from .. import _keys, _ldap, _passwords
+from psycopg import sql
+
+from .. import _keys, _ldap, _passwords, _permissions
 from .._connection import Connection
-from .._query import Acl
+from .._principal import Principal
 from ..configuration import VARIABLES, Configuration
 from ..errors import AuthenticationError, PermissionDenied, SessionKeyError
 from . import AuthBackend, Login
@@ -25,37 +27,44 @@ _MAX_FIELD = 4096  # longer user names or passwords are refused before hashing o
 
 # The configuration that decides who may be in, read inside the very statement that decides:
 # a change (guest access withdrawn, a shorter timeout) counts at once in every running process,
-# at no extra round trip. Defaults come from configuration.VARIABLES as parameters.
+# at no extra round trip. Defaults come from configuration.VARIABLES as parameters. A stored value
+# these statements cannot use (written before the database checked them) is ignored, never a
+# failure: ``bad`` names it (with its value), and the caller logs an error. One scan of the few rows concerned.
 _CFG = """
 cfg AS (
-    SELECT coalesce((SELECT (value #>> '{}')::bigint FROM configuration
-                     WHERE name = 'session_idle_timeout'), %(idle_default)s) AS idle,
-           coalesce((SELECT (value #>> '{}')::bigint FROM configuration
-                     WHERE name = 'session_max_lifetime'), %(lifetime_default)s) AS lifetime,
-           coalesce((SELECT (value #>> '{}')::boolean FROM configuration
-                     WHERE name = 'allow_guest_access'), false) AS allow_guest,
-           (SELECT (value #>> '{}')::bigint FROM configuration WHERE name = 'super_user') AS super_user
+    SELECT coalesce(max(CASE WHEN c.ok AND c.name = 'session_idle_timeout' THEN (c.value #>> '{}')::bigint END),
+                    %(idle_default)s) AS idle,
+           coalesce(max(CASE WHEN c.ok AND c.name = 'session_max_lifetime' THEN (c.value #>> '{}')::bigint END),
+                    %(lifetime_default)s) AS lifetime,
+           coalesce(bool_or(CASE WHEN c.ok AND c.name = 'allow_guest_access' THEN (c.value #>> '{}')::boolean END),
+                    false) AS allow_guest,
+           max(CASE WHEN c.ok AND c.name = 'super_user' THEN (c.value #>> '{}')::bigint END) AS super_user,
+           array_agg(c.name || ' = ' || left(c.value::text, 40)) FILTER (WHERE NOT c.ok) AS bad
+    FROM (SELECT name, value, ome_session_config_valid(name, value) AS ok FROM configuration
+          WHERE name IN ('session_idle_timeout', 'session_max_lifetime', 'allow_guest_access', 'super_user')) c
 )"""
 
-# The columns a Login is built from, given a ``s`` row of ome_sessions and ``e`` of experimenters.
-# The ACL is computed here, with index lookups only: visible groups are the user's groups (map and
-# primary) and the groups he leads; visible users are himself and the members of groups he leads.
+# The columns a Login is built from, given a ``s`` row of ome_sessions and ``e`` of experimenters,
+# with index lookups only: the groups the user belongs to (memberships and default group), the
+# groups he leads, and, for a session a group leader opened as a member (sudo by someone who is
+# not an admin), the groups that session is confined to. The super user counts only while he is
+# an active admin: a super_user value naming anybody else names nobody.
 _LOGIN_COLUMNS = """
     s.id, e.id, e.ome_name, e.group_id, s.started, s.last_access, s.expires_at, s.host, s.sudo_by,
-    e.is_admin, e.is_guest, us.project_id, us.dataset_id, e.id = cfg.super_user,
+    e.is_admin, e.is_guest, us.project_id, us.dataset_id,
+    coalesce(e.id = cfg.super_user AND e.is_admin AND NOT e.is_guest, false) AS is_super,
     ARRAY(SELECT m.group_id FROM experimenter_group_map m WHERE m.experimenter_id = e.id
-          UNION SELECT g.id FROM groups g WHERE g.leader_id = e.id
-          UNION SELECT e.group_id WHERE e.group_id IS NOT NULL) AS acl_groups,
-    ARRAY(SELECT e.id
-          UNION SELECT m.experimenter_id FROM groups g
-                JOIN experimenter_group_map m ON m.group_id = g.id WHERE g.leader_id = e.id
-          UNION SELECT x.id FROM groups g
-                JOIN experimenters x ON x.group_id = g.id WHERE g.leader_id = e.id) AS acl_users
+          UNION SELECT e.group_id WHERE e.group_id IS NOT NULL) AS member_of,
+    ARRAY(SELECT g.id FROM groups g WHERE g.leader_id = e.id) AS leads,
+    CASE WHEN s.sudo_by IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM experimenters a WHERE a.id = s.sudo_by AND a.is_admin AND a.active AND NOT a.is_guest)
+         THEN ARRAY(SELECT g.id FROM groups g WHERE g.leader_id = s.sudo_by) END AS confined_to,
+    cfg.bad
 """
 
 _FIND_USER = f"""
 WITH {_CFG}
-SELECT e.id, e.password_hash, e.is_guest, e.active, cfg.allow_guest
+SELECT e.id, e.password_hash, e.is_guest, e.active, cfg.allow_guest, cfg.bad
 FROM cfg LEFT JOIN experimenters e ON e.ome_name = %(name)s
 """
 
@@ -63,10 +72,10 @@ _REHASH = "UPDATE experimenters SET password_hash = %s WHERE id = %s"
 
 _OPEN = f"""
 WITH {_CFG}, s AS (
-    INSERT INTO ome_sessions (key_digest, experimenter_id, host, agent, expires_at, sudo_by)
+    INSERT INTO ome_sessions (key_digest, experimenter_id, host, agent, expires_at, sudo_by, su)
     SELECT %(digest)s, %(user_id)s, %(host)s, %(agent)s,
            CASE WHEN cfg.lifetime > 0 THEN now() + cfg.lifetime * interval '1 second' END,
-           %(sudo_by)s
+           %(sudo_by)s, %(su)s
     FROM cfg
     RETURNING *
 ), state AS (
@@ -126,22 +135,16 @@ _TOUCH = _check_and_touch("s.id = %(session_id)s", "s.last_access")
 # How stale last_access may get before a resume writes it (keep_alive always writes).
 _RESUME_TOUCH_EVERY = 60
 
-_SUPER_USER = f"WITH {_CFG} SELECT super_user FROM cfg"
+_SUPER_USER = sql.SQL("SELECT {}").format(sql.SQL(_permissions.SUPER_USER_SQL))
 
 _CLOSE = "UPDATE ome_sessions SET closed_at = now() WHERE id = %s AND closed_at IS NULL"
 
-# Who may act as whom: the super user and admins as anyone; a group leader as the members of
-# the groups he leads (by membership or primary group).
-_SUDO_TARGET = """
+# Who may act as whom (see _permissions.SUDO): both the session's user and, in a chain of sudo
+# sessions, the original actor must be allowed, judged on the stored rows.
+_SUDO_TARGET = sql.SQL("""
 SELECT t.id FROM experimenters t
-WHERE t.ome_name = %(target)s AND t.active AND (
-    %(actor_is_super)s
-    OR EXISTS (SELECT 1 FROM experimenters a WHERE a.id = %(actor)s AND a.is_admin AND a.active)
-    OR EXISTS (SELECT 1 FROM groups g WHERE g.leader_id = %(actor)s AND (
-        g.id = t.group_id
-        OR EXISTS (SELECT 1 FROM experimenter_group_map m
-                   WHERE m.group_id = g.id AND m.experimenter_id = t.id))))
-"""
+WHERE t.ome_name = %s AND t.active AND {} AND {}
+""")
 
 
 def _config_defaults() -> dict[str, Any]:
@@ -154,6 +157,7 @@ class LocalBackend(AuthBackend):
     """Logins against the ``experimenters`` and ``ome_sessions`` tables."""
 
     name = "local"
+    _logged_ignored: ClassVar[set[tuple[str, ...]]] = set()
 
     def __init__(self, connection: Connection, configuration: Configuration) -> None:
         self._db = connection
@@ -171,7 +175,8 @@ class LocalBackend(AuthBackend):
         with self._db.errors(), self._db.autocommit() as conn:
             row = conn.execute(_FIND_USER, {"name": username, **_config_defaults()}).fetchone()
         assert row is not None  # one row whether or not the user exists
-        user_id, stored_hash, is_guest, active, allow_guest = row
+        user_id, stored_hash, is_guest, active, allow_guest, bad = row
+        _log_ignored(bad)
         ldap = self._config.ldap
         if ldap and not stored_hash and user_id is not None and active:
             # No local password: the directory decides, and a refusal is final (no fallback).
@@ -180,15 +185,15 @@ class LocalBackend(AuthBackend):
             ok, rehash = _ldap.bind(ldap, username, password), False
         else:
             ok, rehash = _passwords.verify_password(stored_hash, password)
-        if not ok or not active or user_id is None:
+        # A guest while guest access is off gets the very same message: a different one would
+        # confirm the password to whoever tried it.
+        if not ok or not active or user_id is None or (is_guest and not allow_guest):
             raise AuthenticationError(_BAD_LOGIN)
-        if is_guest and not allow_guest:
-            raise AuthenticationError(_BAD_LOGIN + " (guest access is disabled)")
         if rehash:
             with self._db.errors(), self._db.autocommit() as conn:
                 conn.execute(_REHASH, (_passwords.hash_password(password), user_id))
             log.info("password of user id %s upgraded to argon2id", user_id)
-        return self._open(user_id, host=host, agent=agent, sudo_by=None)
+        return self._open(user_id, host=host, agent=agent)
 
     def resume(self, key: str) -> Login:
         key = self.validate_key(key)
@@ -215,28 +220,38 @@ class LocalBackend(AuthBackend):
     def sudo(self, actor: Login, username: str, *, host: str | None, agent: str | None) -> Login:
         if not _plausible(username):
             raise PermissionDenied(f"{actor.user_name} may not act as that user")
-        params = {"target": username, "actor": actor.experimenter_id, "actor_is_super": actor.is_super}
+        # A sudo from a sudo session: the original actor must be allowed too, and is recorded.
+        original = actor.sudo_by if actor.sudo_by is not None else actor.experimenter_id
+        query = _SUDO_TARGET.format(_permissions.sudo_condition((sql.Placeholder(), [actor.experimenter_id]), "t")[0],
+                                    _permissions.sudo_condition((sql.Placeholder(), [original]), "t")[0])
         with self._db.errors(), self._db.autocommit() as conn:
-            row = conn.execute(_SUDO_TARGET, params).fetchone()
+            row = conn.execute(query, [username, actor.experimenter_id, original]).fetchone()
         if row is None:
             raise PermissionDenied(
-                f"{actor.user_name} may not act as {username!r}: only the super user, admins and "
-                f"leaders of one of that user's groups may (or there is no such active user)"
+                f"{actor.user_name} may not act as {username!r}: the super user may act as anyone, admins "
+                f"as anyone but the super user, group leaders as the non-admin members of the groups they "
+                f"lead (or there is no such active user)"
             )
-        log.info("user %s (id %s) opened a session as %s", actor.user_name, actor.experimenter_id, username)
-        return self._open(row[0], host=host, agent=agent, sudo_by=actor.experimenter_id)
+        log.info("user id %s (via %s, id %s) opened a session as %s", original, actor.user_name,
+                 actor.experimenter_id, username)
+        return self._open(row[0], host=host, agent=agent, sudo_by=original)
 
     def su(self, *, host: str | None, agent: str | None) -> Login:
         with self._db.errors(), self._db.autocommit() as conn:
-            row = conn.execute(_SUPER_USER, _config_defaults()).fetchone()
+            row = conn.execute(_SUPER_USER).fetchone()
         super_user = row[0] if row else None
         if super_user is None:
-            raise PermissionDenied("no super_user is configured: run `ome-session install` first")
-        return self._open(super_user, host=host, agent=agent, sudo_by=None)
+            raise PermissionDenied("no super user: the configured super_user must name an active admin "
+                                   "(run `ome-session install`, which sets one)")
+        login = self._open(super_user, host=host, agent=agent, su=True)
+        log.warning("su session opened as the super user %s (id %s) from %s by %s", login.user_name,
+                    super_user, host, agent)
+        return login
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _open(self, user_id: int, *, host: str | None, agent: str | None, sudo_by: int | None) -> Login:
+    def _open(self, user_id: int, *, host: str | None, agent: str | None, sudo_by: int | None = None,
+              su: bool = False) -> Login:
         key = _keys.new_key()
         params = {
             "digest": _keys.digest(key),
@@ -244,6 +259,7 @@ class LocalBackend(AuthBackend):
             "host": host,
             "agent": agent,
             "sudo_by": sudo_by,
+            "su": su,
             **_config_defaults(),
         }
         with self._db.errors(), self._db.autocommit() as conn:
@@ -253,15 +269,29 @@ class LocalBackend(AuthBackend):
 
     def _login_from_row(self, key: str, row: tuple[Any, ...]) -> Login:
         (session_id, user_id, name, group_id, started, last_access, expires_at, host, sudo_by,
-         is_admin, is_guest, project_id, dataset_id, is_super, acl_groups, acl_users) = row
-        is_super = bool(is_super)
-        acl = None if is_super else Acl(users=frozenset(acl_users), groups=frozenset(acl_groups))
+         is_admin, is_guest, project_id, dataset_id, is_super, member_of, leads, confined_to, bad) = row
+        _log_ignored(bad)
+        principal = Principal(
+            user_id=user_id, name=name, is_super=is_super, is_admin=is_admin, is_guest=is_guest,
+            groups=frozenset(member_of), led=frozenset(leads),
+            confined_to=None if confined_to is None else frozenset(confined_to),
+        )
         return Login(
             key=key, experimenter_id=user_id, user_name=name, group_id=group_id, started=started,
             last_access=last_access, expires_at=expires_at, host=host, sudo_by=sudo_by,
-            is_admin=is_admin, is_guest=is_guest, is_super=is_super, acl=acl,
+            is_admin=principal.admin, is_guest=is_guest, is_super=principal.admin and is_super,
+            acl=principal.acl(), principal=principal,
             project_id=project_id, dataset_id=dataset_id, extra={"session_id": session_id},
         )
+
+
+def _log_ignored(bad: list[str] | None) -> None:
+    """Deciding configuration the statements had to ignore: an error, once per process and set."""
+    names = tuple(sorted(bad or ()))
+    if names and names not in LocalBackend._logged_ignored:
+        LocalBackend._logged_ignored.add(names)
+        log.error("configuration value(s) %s ignored: they are not usable (the defaults apply, and no "
+                  "super user for a bad super_user); fix them with Configuration.update()", ", ".join(names))
 
 
 def _plausible(value: object) -> bool:
