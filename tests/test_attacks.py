@@ -483,3 +483,33 @@ def test_switching_the_default_group_follows_the_table(people: Any) -> None:
     guest = _login(people, "guest")
     with pytest.raises(PermissionDenied, match="guest"):
         guest.set_group("guests")
+
+
+def test_a_reference_to_a_row_the_user_cannot_read_reads_as_nothing(people: Any) -> None:
+    # Alice's current project moved to a group she is not in (or was set so by plain SQL): neither
+    # the reference nor a path through it may say anything about that project any more.
+    carol = _login(people, "carol")
+    secret = carol.factory.new_object("Project", name="carol's secret")
+    carol.commit_transaction()
+    alice = _login(people, "alice")
+    _sql(people.dsn, "UPDATE user_states SET project_id = %s WHERE experimenter_id = %s",
+         secret.id, people.ids["alice"])
+    factory = alice.factory
+    assert alice.project is None
+    for criteria in ({"project.name": "carol's secret"}, {"project.name": ("like", "carol%")},
+                     {"project.owner.ome_name": "carol"}):
+        assert factory.find_objects("UserState", **criteria) == []
+    assert factory.count_objects("UserState", **{"project.name": None}) == 1  # hidden reads as NULL
+
+
+def test_a_has_many_path_sees_only_links_the_user_can_read(people: Any) -> None:
+    alice = _login(people, "alice")
+    own = alice.factory.new_object("Project", name="alice's")
+    alice.commit_transaction()
+    carol = _login(people, "carol")
+    secret = carol.factory.new_object("Dataset", name="secret")
+    carol.commit_transaction()
+    _sql(people.dsn, "INSERT INTO project_dataset_map (project_id, dataset_id) VALUES (%s, %s)", own.id, secret.id)
+    factory = _login(people, "alice").factory
+    assert factory.find_objects("Project", **{"dataset_links.id": ("is not", None)}) == []
+    assert factory.load_object("Project", own.id).dataset_links == []
