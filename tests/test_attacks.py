@@ -2,7 +2,7 @@
 test: it is refused, and the database (read with SQL on a connection of its own) holds what it held.
 
 Uses the shared ``people`` lab: root (super user), lena (leads lab_a), alice and bob (lab_a),
-carol (lab_b), a guest. Every password is ``<name>-password``.
+carol (lab_b), a guest.
 """
 
 from __future__ import annotations
@@ -24,21 +24,12 @@ from ome_session.errors import (
     SessionKeyError,
 )
 from ome_session.model import Experimenter
-
-
-def _sql(dsn: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        cur = conn.execute(query, params)  # type: ignore[arg-type]
-        return cur.fetchall() if cur.description else []
-
-
-def _login(people: Any, name: str) -> Session:
-    return SessionManager(people.dsn).create_session(name, f"{name}-password")
+from tests.helpers import People, login, query
 
 
 def _tables(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
     """Everything an attack could have changed."""
-    return {table: _sql(dsn, f"SELECT * FROM {table} ORDER BY 1, 2")
+    return {table: query(dsn, f"SELECT * FROM {table} ORDER BY 1, 2")
             for table in ("experimenters", "groups", "experimenter_group_map", "configuration", "projects",
                           "datasets", "project_dataset_map", "user_states")}
 
@@ -46,20 +37,20 @@ def _tables(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
 # -- writes through the Factory --------------------------------------------------------------------
 
 
-def test_a_user_cannot_make_himself_admin_with_store(people: Any) -> None:
-    session = _login(people, "alice")
+def test_a_user_cannot_make_himself_admin_with_store(people: People) -> None:
+    session = login(people, "alice")
     me = session.user
     me.is_admin = True
     with pytest.raises(PermissionDenied, match=r"alice \(user\) may not update Experimenter.is_admin"):
         me.store()
     session.commit_transaction()
-    assert _sql(people.dsn, "SELECT is_admin FROM experimenters WHERE ome_name = 'alice'") == [(False,)]
+    assert query(people.dsn, "SELECT is_admin FROM experimenters WHERE ome_name = 'alice'") == [(False,)]
 
 
-def test_a_user_cannot_replace_another_users_password_hash(people: Any) -> None:
-    session = _login(people, "alice")
+def test_a_user_cannot_replace_another_users_password_hash(people: People) -> None:
+    session = login(people, "alice")
     bob = session.factory.find_object(Experimenter, ome_name="bob")
-    before = _sql(people.dsn, "SELECT password_hash FROM experimenters WHERE ome_name = 'bob'")
+    before = query(people.dsn, "SELECT password_hash FROM experimenters WHERE ome_name = 'bob'")
     with pytest.raises(AttributeError, match="private"):
         bob.password_hash = "forged"
     bob._values["password_hash"] = "forged"  # tampering with the object itself
@@ -69,12 +60,12 @@ def test_a_user_cannot_replace_another_users_password_hash(people: Any) -> None:
     with pytest.raises(ValueError, match="private"):
         session.factory.new_object(Experimenter, ome_name="mallory", password_hash="forged")
     session.commit_transaction()
-    assert _sql(people.dsn, "SELECT password_hash FROM experimenters WHERE ome_name = 'bob'") == before
-    assert _login(people, "bob").user_name == "bob"
+    assert query(people.dsn, "SELECT password_hash FROM experimenters WHERE ome_name = 'bob'") == before
+    assert login(people, "bob").user_name == "bob"
 
 
-def test_a_user_cannot_join_a_group_or_make_himself_its_leader(people: Any) -> None:
-    session = _login(people, "alice")
+def test_a_user_cannot_join_a_group_or_make_himself_its_leader(people: People) -> None:
+    session = login(people, "alice")
     before = _tables(people.dsn)
     factory = session.factory
     with pytest.raises(PermissionDenied, match="ExperimenterGroupMap"):
@@ -85,18 +76,18 @@ def test_a_user_cannot_join_a_group_or_make_himself_its_leader(people: Any) -> N
         lab_b.store()
     session.commit_transaction()
     assert _tables(people.dsn) == before
-    assert _login(people, "alice").acl.groups == {people.groups["lab_a"]}  # type: ignore[union-attr]
+    assert login(people, "alice").acl.groups == {people.groups["lab_a"]}  # type: ignore[union-attr]
 
 
-def test_a_user_cannot_delete_users_memberships_or_links(people: Any) -> None:
-    alice = _login(people, "alice")
+def test_a_user_cannot_delete_users_memberships_or_links(people: People) -> None:
+    alice = login(people, "alice")
     project = alice.factory.new_object("Project", name="p")
     dataset = alice.factory.new_object("Dataset", name="d")
     alice.factory.new_object("ProjectDatasetMap", project=project, dataset=dataset)
     alice.commit_transaction()
-    carol = _login(people, "carol").factory
+    carol = login(people, "carol").factory
     before = _tables(people.dsn)
-    link = _sql(people.dsn, "SELECT id, project_id, dataset_id FROM project_dataset_map")[0]
+    link = query(people.dsn, "SELECT id, project_id, dataset_id FROM project_dataset_map")[0]
     assert carol.load_object("ProjectDatasetMap", link[0]) is None  # not even visible
     assert carol.load_object("ExperimenterGroupMap", (people.ids["alice"], people.groups["lab_a"])) is None
     victims = [  # what she can load, and forged objects for what she cannot
@@ -112,9 +103,9 @@ def test_a_user_cannot_delete_users_memberships_or_links(people: Any) -> None:
     assert _tables(people.dsn) == before
 
 
-def test_a_user_cannot_edit_another_users_state(people: Any) -> None:
-    _login(people, "bob")  # bob's user state exists from his login
-    session = _login(people, "alice")
+def test_a_user_cannot_edit_another_users_state(people: People) -> None:
+    login(people, "bob")  # bob's user state exists from his login
+    session = login(people, "alice")
     mine = session.factory.new_object("Project", name="alice's")
     assert session.factory.load_object("UserState", people.ids["bob"]) is None
     forged = resolve("UserState")._from_row(session.factory, {"experimenter_id": people.ids["bob"]})
@@ -122,26 +113,26 @@ def test_a_user_cannot_edit_another_users_state(people: Any) -> None:
     with pytest.raises(PermissionDenied, match="UserState"):
         forged.store()
     session.commit_transaction()
-    assert _sql(people.dsn, "SELECT project_id FROM user_states WHERE experimenter_id = %s",
+    assert query(people.dsn, "SELECT project_id FROM user_states WHERE experimenter_id = %s",
                 people.ids["bob"]) == [(None,)]
 
 
-def test_the_current_project_cannot_point_at_what_the_user_cannot_read(people: Any) -> None:
-    carol = _login(people, "carol")
+def test_the_current_project_cannot_point_at_what_the_user_cannot_read(people: People) -> None:
+    carol = login(people, "carol")
     hidden = carol.factory.new_object("Project", name="carol's")
     carol.commit_transaction()
-    alice = _login(people, "alice")
+    alice = login(people, "alice")
     forged = resolve("Project")._from_row(alice.factory, {"id": hidden.id, "name": "?"})
     with pytest.raises(PermissionDenied):
         alice.project = forged
     alice.commit_transaction()
-    assert _sql(people.dsn, "SELECT project_id FROM user_states WHERE experimenter_id = %s",
+    assert query(people.dsn, "SELECT project_id FROM user_states WHERE experimenter_id = %s",
                 people.ids["alice"]) == [(None,)]
 
 
-def test_guests_write_nothing(people: Any) -> None:
-    _sql(people.dsn, "INSERT INTO configuration VALUES ('allow_guest_access', 'true')")
-    guest = _login(people, "guest")
+def test_guests_write_nothing(people: People) -> None:
+    query(people.dsn, "INSERT INTO configuration VALUES ('allow_guest_access', 'true')")
+    guest = login(people, "guest")
     before = _tables(people.dsn)
     for attempt in (lambda: guest.factory.new_object("Project", name="by a guest"),
                     lambda: setattr(guest, "project", None),
@@ -163,8 +154,8 @@ CONFIG_ATTACKS: list[dict[str, Any]] = [
 
 
 @pytest.mark.parametrize("values", CONFIG_ATTACKS, ids=lambda v: next(iter(v)))
-def test_a_user_cannot_change_the_configuration(people: Any, values: dict[str, Any]) -> None:
-    session = _login(people, "alice")
+def test_a_user_cannot_change_the_configuration(people: People, values: dict[str, Any]) -> None:
+    session = login(people, "alice")
     before = _tables(people.dsn)
     with pytest.raises(PermissionDenied, match="admins"):
         Configuration.update(session.factory, values)
@@ -172,15 +163,15 @@ def test_a_user_cannot_change_the_configuration(people: Any, values: dict[str, A
     assert _tables(people.dsn) == before
 
 
-def test_only_the_super_user_names_the_super_user(people: Any) -> None:
-    _sql(people.dsn, "UPDATE experimenters SET is_admin = true WHERE ome_name = 'carol'")
+def test_only_the_super_user_names_the_super_user(people: People) -> None:
+    query(people.dsn, "UPDATE experimenters SET is_admin = true WHERE ome_name = 'carol'")
     for name in ("alice", "carol"):  # a user, an admin
-        session = _login(people, name)
+        session = login(people, name)
         with pytest.raises(PermissionDenied, match="super_user"):
             Configuration.update(session.factory, {"super_user": people.ids[name]})
         session.commit_transaction()
-    assert _sql(people.dsn, "SELECT value FROM configuration WHERE name = 'super_user'") == [(people.ids["root"],)]
-    _login(people, "carol")
+    assert query(people.dsn, "SELECT value FROM configuration WHERE name = 'super_user'") == [(people.ids["root"],)]
+    login(people, "carol")
     assert not Session.instance().is_su_session()
 
 
@@ -196,8 +187,8 @@ def test_only_the_super_user_names_the_super_user(people: Any) -> None:
     ({"ldap": {"uri": "ldap://x", "user_dn": "uid={username}"}, "sessions": 1}, "unknown"),
     ({"db_instance": "bad \ud800"}, "surrogate"),
 ])
-def test_configuration_is_validated_on_write(people: Any, values: dict[str, Any], message: str) -> None:
-    session = _login(people, "root")
+def test_configuration_is_validated_on_write(people: People, values: dict[str, Any], message: str) -> None:
+    session = login(people, "root")
     before = _tables(people.dsn)
     with pytest.raises(ConfigurationError, match=message):
         Configuration.update(session.factory, values)
@@ -206,12 +197,12 @@ def test_configuration_is_validated_on_write(people: Any, values: dict[str, Any]
     assert _tables(people.dsn) == before
 
 
-def test_the_super_user_value_must_name_an_active_admin(people: Any) -> None:
-    session = _login(people, "root")
+def test_the_super_user_value_must_name_an_active_admin(people: People) -> None:
+    session = login(people, "root")
     with pytest.raises(ConfigurationError, match="active admin"):
         Configuration.update(session.factory, {"super_user": people.ids["alice"]})
     session.commit_transaction()
-    assert _sql(people.dsn, "SELECT value FROM configuration WHERE name = 'super_user'") == [(people.ids["root"],)]
+    assert query(people.dsn, "SELECT value FROM configuration WHERE name = 'super_user'") == [(people.ids["root"],)]
 
 
 @pytest.mark.parametrize(("name", "value"), [
@@ -219,19 +210,19 @@ def test_the_super_user_value_must_name_an_active_admin(people: Any) -> None:
     ("session_idle_timeout", "-1"), ("session_idle_timeout", "1e12"), ("session_max_lifetime", '"x"'),
     ("allow_guest_access", '"yes"'), ("allow_guest_access", "1"),
 ])
-def test_plain_sql_cannot_store_a_value_that_decides_logins_badly(people: Any, name: str, value: str) -> None:
+def test_plain_sql_cannot_store_a_value_that_decides_logins_badly(people: People, name: str, value: str) -> None:
     with pytest.raises(psycopg.errors.CheckViolation):
-        _sql(people.dsn, "INSERT INTO configuration VALUES (%s, %s::jsonb) ON CONFLICT (name) DO UPDATE "
+        query(people.dsn, "INSERT INTO configuration VALUES (%s, %s::jsonb) ON CONFLICT (name) DO UPDATE "
                          "SET value = EXCLUDED.value", name, value)
 
 
 @pytest.mark.parametrize("value", ["1180591620717411303424", '"root"', "-5", "1.5", "null"])
 def test_a_bad_super_user_stored_before_the_check_is_ignored_with_an_error_never_a_lockout(
-        people: Any, value: str, caplog: pytest.LogCaptureFixture) -> None:
+        people: People, value: str, caplog: pytest.LogCaptureFixture) -> None:
     # As in a database upgraded with such a value in place (the constraint is then NOT VALID).
-    _sql(people.dsn, "ALTER TABLE configuration DROP CONSTRAINT configuration_deciding_values_valid")
-    _sql(people.dsn, "UPDATE configuration SET value = %s::jsonb WHERE name = 'super_user'", value)
-    _sql(people.dsn, "INSERT INTO configuration VALUES ('session_idle_timeout', '\"soon\"'), "
+    query(people.dsn, "ALTER TABLE configuration DROP CONSTRAINT configuration_deciding_values_valid")
+    query(people.dsn, "UPDATE configuration SET value = %s::jsonb WHERE name = 'super_user'", value)
+    query(people.dsn, "INSERT INTO configuration VALUES ('session_idle_timeout', '\"soon\"'), "
                      "('allow_guest_access', '\"yes\"')")
     manager = SessionManager(people.dsn)
     with caplog.at_level(logging.ERROR, logger="ome_session"):
@@ -249,9 +240,9 @@ def test_a_bad_super_user_stored_before_the_check_is_ignored_with_an_error_never
     assert Session.instance().configuration.session_idle_timeout == 1800  # the default, not a crash
 
 
-def test_a_super_user_who_is_no_admin_is_no_super_user(people: Any) -> None:
-    _sql(people.dsn, "UPDATE configuration SET value = %s WHERE name = 'super_user'", Jsonb(people.ids["alice"]))
-    alice = _login(people, "alice")
+def test_a_super_user_who_is_no_admin_is_no_super_user(people: People) -> None:
+    query(people.dsn, "UPDATE configuration SET value = %s WHERE name = 'super_user'", Jsonb(people.ids["alice"]))
+    alice = login(people, "alice")
     assert not alice.is_su_session() and alice.acl is not None
     with pytest.raises(PermissionDenied):
         SessionManager(people.dsn).su_session()
@@ -260,18 +251,18 @@ def test_a_super_user_who_is_no_admin_is_no_super_user(people: Any) -> None:
 # -- sudo -----------------------------------------------------------------------------------------
 
 
-def test_a_leader_cannot_become_the_super_user_even_as_a_member_of_his_group(people: Any) -> None:
-    _sql(people.dsn, "INSERT INTO experimenter_group_map VALUES (%s, %s)", people.ids["root"], people.groups["lab_a"])
+def test_a_leader_cannot_become_the_super_user_even_as_a_member_of_his_group(people: People) -> None:
+    query(people.dsn, "INSERT INTO experimenter_group_map VALUES (%s, %s)", people.ids["root"], people.groups["lab_a"])
     manager = SessionManager(people.dsn)
     lena = manager.create_session("lena", "lena-password")
     with pytest.raises(PermissionDenied):
         manager.sudo_session("root")
     assert Session.instance() is lena and not lena.is_su_session()
-    assert _sql(people.dsn, "SELECT count(*) FROM ome_sessions WHERE sudo_by IS NOT NULL") == [(0,)]
+    assert query(people.dsn, "SELECT count(*) FROM ome_sessions WHERE sudo_by IS NOT NULL") == [(0,)]
 
 
-def test_a_leader_cannot_act_as_an_admin_member_nor_an_admin_as_the_super_user(people: Any) -> None:
-    _sql(people.dsn, "UPDATE experimenters SET is_admin = true WHERE ome_name IN ('bob', 'carol')")
+def test_a_leader_cannot_act_as_an_admin_member_nor_an_admin_as_the_super_user(people: People) -> None:
+    query(people.dsn, "UPDATE experimenters SET is_admin = true WHERE ome_name IN ('bob', 'carol')")
     manager = SessionManager(people.dsn)
     manager.create_session("lena", "lena-password")
     with pytest.raises(PermissionDenied):
@@ -282,28 +273,28 @@ def test_a_leader_cannot_act_as_an_admin_member_nor_an_admin_as_the_super_user(p
     assert manager.sudo_session("bob").user_name == "bob"
 
 
-def test_a_sudo_chain_records_the_original_actor_and_needs_both_rights(people: Any) -> None:
-    _sql(people.dsn, "UPDATE experimenters SET is_admin = true WHERE ome_name = 'carol'")
+def test_a_sudo_chain_records_the_original_actor_and_needs_both_rights(people: People) -> None:
+    query(people.dsn, "UPDATE experimenters SET is_admin = true WHERE ome_name = 'carol'")
     manager = SessionManager(people.dsn)
     manager.create_session("root", "root-password")
     manager.sudo_session("carol")  # an admin, on behalf of root
     as_bob = manager.sudo_session("bob")
     assert as_bob.sudo_by == people.ids["root"]  # the original actor, not carol
-    assert _sql(people.dsn, "SELECT sudo_by FROM ome_sessions WHERE experimenter_id = %s",
+    assert query(people.dsn, "SELECT sudo_by FROM ome_sessions WHERE experimenter_id = %s",
                 people.ids["bob"]) == [(people.ids["root"],)]
     with pytest.raises(PermissionDenied):  # bob may not, whoever opened his session
         manager.sudo_session("alice")
     # A leader's member cannot pass the leader more than he has: lena -> alice -> (alice leads lab_b)
-    _sql(people.dsn, "UPDATE groups SET leader_id = %s WHERE name = 'lab_b'", people.ids["alice"])
+    query(people.dsn, "UPDATE groups SET leader_id = %s WHERE name = 'lab_b'", people.ids["alice"])
     manager.create_session("lena", "lena-password")
     manager.sudo_session("alice")
     with pytest.raises(PermissionDenied):
         manager.sudo_session("carol")
 
 
-def test_a_leaders_session_as_a_member_stays_within_the_groups_he_leads(people: Any) -> None:
-    _sql(people.dsn, "INSERT INTO experimenter_group_map VALUES (%s, %s)", people.ids["alice"], people.groups["lab_b"])
-    alice = _login(people, "alice")
+def test_a_leaders_session_as_a_member_stays_within_the_groups_he_leads(people: People) -> None:
+    query(people.dsn, "INSERT INTO experimenter_group_map VALUES (%s, %s)", people.ids["alice"], people.groups["lab_b"])
+    alice = login(people, "alice")
     alice.factory.new_object("Project", name="in lab_a")
     alice.factory.new_object("Project", name="in lab_b", group_id=people.groups["lab_b"])
     alice.commit_transaction()
@@ -320,25 +311,25 @@ def test_a_leaders_session_as_a_member_stays_within_the_groups_he_leads(people: 
     made = as_alice.factory.new_object("Project", name="by lena, as alice")
     assert made.group_id == people.groups["lab_a"]
     as_alice.commit_transaction()
-    assert _sql(people.dsn, "SELECT name FROM projects WHERE group_id = %s ORDER BY id",
+    assert query(people.dsn, "SELECT name FROM projects WHERE group_id = %s ORDER BY id",
                 people.groups["lab_b"]) == [("in lab_b",)]
 
 
-def test_su_sessions_are_marked_and_logged(people: Any, caplog: pytest.LogCaptureFixture) -> None:
+def test_su_sessions_are_marked_and_logged(people: People, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="ome_session"):
         session = SessionManager(people.dsn).su_session()
     assert session.is_su_session()
     assert "su session" in caplog.text and "root" in caplog.text
-    _login(people, "alice")
-    assert _sql(people.dsn, "SELECT e.ome_name, s.su FROM ome_sessions s JOIN experimenters e "
+    login(people, "alice")
+    assert query(people.dsn, "SELECT e.ome_name, s.su FROM ome_sessions s JOIN experimenters e "
                             "ON e.id = s.experimenter_id ORDER BY s.id") == [("root", True), ("alice", False)]
 
 
 # -- reads --------------------------------------------------------------------------------------------
 
 
-def test_nobody_reads_password_hashes_or_filters_on_them(people: Any) -> None:
-    session = _login(people, "root")  # not even the super user
+def test_nobody_reads_password_hashes_or_filters_on_them(people: People) -> None:
+    session = login(people, "root")  # not even the super user
     users = session.factory.find_objects("Experimenter")
     assert users and all("password_hash" not in user.values() for user in users)
     assert all("argon2" not in repr(user) for user in users)
@@ -353,13 +344,13 @@ def test_nobody_reads_password_hashes_or_filters_on_them(people: Any) -> None:
             session.factory.count_objects("Project", **criteria)
 
 
-def test_a_path_through_a_link_reveals_nothing_of_another_group(people: Any) -> None:
-    carol = _login(people, "carol")
+def test_a_path_through_a_link_reveals_nothing_of_another_group(people: People) -> None:
+    carol = login(people, "carol")
     secret = carol.factory.new_object("Dataset", name="secret-plans")
     carol.factory.new_object("ProjectDatasetMap", project=carol.factory.new_object("Project", name="c"),
                              dataset=secret)
     carol.commit_transaction()
-    alice = _login(people, "alice").factory
+    alice = login(people, "alice").factory
     own = alice.new_object("Project", name="alice's")
     alice.new_object("ProjectDatasetMap", project=own, dataset=alice.new_object("Dataset", name="a"))
     probes = [("ProjectDatasetMap", {"dataset.name": ("like", "secret%")}),
@@ -372,20 +363,20 @@ def test_a_path_through_a_link_reveals_nothing_of_another_group(people: Any) -> 
     assert [p.name for p in alice.find_objects("Project", __order="!owner.ome_name")] == ["alice's"]
 
 
-def test_a_group_leader_no_longer_sees_his_members_data_in_other_groups(people: Any) -> None:
-    _sql(people.dsn, "INSERT INTO experimenter_group_map VALUES (%s, %s)", people.ids["alice"], people.groups["lab_b"])
-    alice = _login(people, "alice")
+def test_a_group_leader_no_longer_sees_his_members_data_in_other_groups(people: People) -> None:
+    query(people.dsn, "INSERT INTO experimenter_group_map VALUES (%s, %s)", people.ids["alice"], people.groups["lab_b"])
+    alice = login(people, "alice")
     alice.factory.new_object("Project", name="alice in lab_b", group_id=people.groups["lab_b"])
     alice.factory.new_object("Project", name="alice in lab_a")
     alice.commit_transaction()
-    lena = _login(people, "lena")
+    lena = login(people, "lena")
     assert [p.name for p in lena.factory.find_objects("Project")] == ["alice in lab_a"]
 
 
 # -- logins ---------------------------------------------------------------------------------------------
 
 
-def test_a_guest_with_guest_access_off_gets_the_wrong_password_message(people: Any) -> None:
+def test_a_guest_with_guest_access_off_gets_the_wrong_password_message(people: People) -> None:
     manager = SessionManager(people.dsn)
     with pytest.raises(AuthenticationError) as right_password:
         manager.create_session("guest", "guest-password")
@@ -394,10 +385,10 @@ def test_a_guest_with_guest_access_off_gets_the_wrong_password_message(people: A
     assert str(right_password.value) == str(wrong_password.value)
 
 
-def test_a_guest_key_dies_when_guest_access_is_withdrawn(people: Any) -> None:
-    _sql(people.dsn, "INSERT INTO configuration VALUES ('allow_guest_access', 'true')")
-    key = _login(people, "guest").session_key
-    _sql(people.dsn, "UPDATE configuration SET value = 'false' WHERE name = 'allow_guest_access'")
+def test_a_guest_key_dies_when_guest_access_is_withdrawn(people: People) -> None:
+    query(people.dsn, "INSERT INTO configuration VALUES ('allow_guest_access', 'true')")
+    key = login(people, "guest").session_key
+    query(people.dsn, "UPDATE configuration SET value = 'false' WHERE name = 'allow_guest_access'")
     Session.idle()
     with pytest.raises(SessionKeyError):
         SessionManager(people.dsn).create_session(key=key)
@@ -414,33 +405,33 @@ BAD_CRITERIA: list[tuple[dict[str, Any], type[Exception]]] = [
 
 
 @pytest.mark.parametrize(("criteria", "error"), BAD_CRITERIA, ids=repr)
-def test_bad_criteria_raise_before_sql_and_keep_the_transaction(people: Any, criteria: dict[str, Any],
+def test_bad_criteria_raise_before_sql_and_keep_the_transaction(people: People, criteria: dict[str, Any],
                                                                 error: type[Exception]) -> None:
-    session = _login(people, "alice")
+    session = login(people, "alice")
     session.factory.new_object("Project", name="kept")
     with pytest.raises(error):
         session.factory.find_objects("Project", **criteria)
     with pytest.raises(error):
         session.factory.count_objects("Project", **criteria)
     session.commit_transaction()  # not aborted: the project before the error is kept
-    assert _sql(people.dsn, "SELECT name FROM projects") == [("kept",)]
+    assert query(people.dsn, "SELECT name FROM projects") == [("kept",)]
 
 
 @pytest.mark.parametrize("values", [{"name": "bad \ud800"}, {"name": "x", "description": "\udc80"},
                                     {"name": "nul\x00"}], ids=repr)
-def test_bad_values_raise_before_sql_and_keep_the_transaction(people: Any, values: dict[str, Any]) -> None:
-    session = _login(people, "alice")
+def test_bad_values_raise_before_sql_and_keep_the_transaction(people: People, values: dict[str, Any]) -> None:
+    session = login(people, "alice")
     kept = session.factory.new_object("Project", name="kept")
     with pytest.raises(ValueError):
         session.factory.new_object("Project", **values)
     with pytest.raises(ValueError):
         kept.description = values.get("description", values["name"])
     session.commit_transaction()
-    assert _sql(people.dsn, "SELECT name, description FROM projects") == [("kept", None)]
+    assert query(people.dsn, "SELECT name, description FROM projects") == [("kept", None)]
 
 
-def test_bad_json_values_raise_before_sql(people: Any) -> None:
-    session = _login(people, "root")
+def test_bad_json_values_raise_beforequery(people: People) -> None:
+    session = login(people, "root")
     for value in ({"k": "\ud800"}, {"\ud800": 1}, {"n": float("nan")}, [1, {"x": "\x00"}], {1: "int key"}):
         with pytest.raises((ValueError, ConfigurationError, TypeError)):
             Configuration.update(session.factory, {"ldap": value})
@@ -451,8 +442,8 @@ def test_bad_json_values_raise_before_sql(people: Any) -> None:
     (("<", 5), ValueError), ((("<", 5),), TypeError), ([1, 2], TypeError), (True, TypeError),
     (1.0, TypeError), ("1", TypeError), (None, TypeError), (2**63, ValueError), ({"id": 1}, TypeError),
 ])
-def test_load_object_takes_only_a_key(people: Any, key: Any, error: type[Exception]) -> None:
-    session = _login(people, "alice")
+def test_load_object_takes_only_a_key(people: People, key: Any, error: type[Exception]) -> None:
+    session = login(people, "alice")
     made = session.factory.new_object("Project", name="kept")
     with pytest.raises(error):
         session.factory.load_object("Project", key)
@@ -461,38 +452,38 @@ def test_load_object_takes_only_a_key(people: Any, key: Any, error: type[Excepti
     assert session.factory.load_object("Project", made.id) is made
     assert session.factory.load_object("UserState", session.user) is not None  # an object for a reference key
     session.commit_transaction()
-    assert _sql(people.dsn, "SELECT name FROM projects") == [("kept",)]
+    assert query(people.dsn, "SELECT name FROM projects") == [("kept",)]
 
 
-def test_no_driver_error_escapes_a_refused_or_bad_write(people: Any) -> None:
-    session = _login(people, "alice")
+def test_no_driver_error_escapes_a_refused_or_bad_write(people: People) -> None:
+    session = login(people, "alice")
     with pytest.raises((PermissionDenied, ValueError, TypeError)) as refused:
         session.factory.new_object("Experimenter", ome_name="\ud800")
     assert not isinstance(refused.value, DatabaseError)
 
 
-def test_switching_the_default_group_follows_the_table(people: Any) -> None:
-    alice = _login(people, "alice")
+def test_switching_the_default_group_follows_the_table(people: People) -> None:
+    alice = login(people, "alice")
     with pytest.raises(PermissionDenied, match="lab_b"):
         alice.set_group("lab_b")
-    _sql(people.dsn, "INSERT INTO experimenter_group_map VALUES (%s, %s)", people.ids["alice"], people.groups["lab_b"])
+    query(people.dsn, "INSERT INTO experimenter_group_map VALUES (%s, %s)", people.ids["alice"], people.groups["lab_b"])
     alice.set_group("lab_b")
-    assert _sql(people.dsn, "SELECT group_id FROM experimenters WHERE ome_name = 'alice'") == [
+    assert query(people.dsn, "SELECT group_id FROM experimenters WHERE ome_name = 'alice'") == [
         (people.groups["lab_b"],)]
-    _sql(people.dsn, "INSERT INTO configuration VALUES ('allow_guest_access', 'true')")
-    guest = _login(people, "guest")
+    query(people.dsn, "INSERT INTO configuration VALUES ('allow_guest_access', 'true')")
+    guest = login(people, "guest")
     with pytest.raises(PermissionDenied, match="guest"):
         guest.set_group("guests")
 
 
-def test_a_reference_to_a_row_the_user_cannot_read_reads_as_nothing(people: Any) -> None:
+def test_a_reference_to_a_row_the_user_cannot_read_reads_as_nothing(people: People) -> None:
     # Alice's current project moved to a group she is not in (or was set so by plain SQL): neither
     # the reference nor a path through it may say anything about that project any more.
-    carol = _login(people, "carol")
+    carol = login(people, "carol")
     secret = carol.factory.new_object("Project", name="carol's secret")
     carol.commit_transaction()
-    alice = _login(people, "alice")
-    _sql(people.dsn, "UPDATE user_states SET project_id = %s WHERE experimenter_id = %s",
+    alice = login(people, "alice")
+    query(people.dsn, "UPDATE user_states SET project_id = %s WHERE experimenter_id = %s",
          secret.id, people.ids["alice"])
     factory = alice.factory
     assert alice.project is None
@@ -502,14 +493,14 @@ def test_a_reference_to_a_row_the_user_cannot_read_reads_as_nothing(people: Any)
     assert factory.count_objects("UserState", **{"project.name": None}) == 1  # hidden reads as NULL
 
 
-def test_a_has_many_path_sees_only_links_the_user_can_read(people: Any) -> None:
-    alice = _login(people, "alice")
+def test_a_has_many_path_sees_only_links_the_user_can_read(people: People) -> None:
+    alice = login(people, "alice")
     own = alice.factory.new_object("Project", name="alice's")
     alice.commit_transaction()
-    carol = _login(people, "carol")
+    carol = login(people, "carol")
     secret = carol.factory.new_object("Dataset", name="secret")
     carol.commit_transaction()
-    _sql(people.dsn, "INSERT INTO project_dataset_map (project_id, dataset_id) VALUES (%s, %s)", own.id, secret.id)
-    factory = _login(people, "alice").factory
+    query(people.dsn, "INSERT INTO project_dataset_map (project_id, dataset_id) VALUES (%s, %s)", own.id, secret.id)
+    factory = login(people, "alice").factory
     assert factory.find_objects("Project", **{"dataset_links.id": ("is not", None)}) == []
     assert factory.load_object("Project", own.id).dataset_links == []

@@ -34,6 +34,7 @@ from ome_session import Column, Configuration, DBObject, Factory, Reference, Ses
 from ome_session._cluster import Cluster
 from ome_session.dbobject import resolve
 from ome_session.errors import PermissionDenied
+from tests.helpers import login, password, password_hash, query
 
 ROLES = ("super", "admin", "leader", "owner", "member", "other", "guest")
 ACTOR = {"super": "root", "admin": "adam", "leader": "lena", "owner": "alice", "member": "bob",
@@ -169,9 +170,7 @@ class World:
 
     def sql(self, statement: str | sql.Composed, *params: Any) -> list[tuple[Any, ...]]:
         """SQL on a connection of its own: the oracle's view, committed."""
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            cur = conn.execute(statement, params)
-            return cur.fetchall() if cur.description else []
+        return query(self.dsn, statement, *params)
 
     def one(self, statement: str | sql.Composed, *params: Any) -> Any:
         rows = self.sql(statement, *params)
@@ -217,13 +216,10 @@ class World:
 def world(pg_cluster: Cluster) -> Iterator[World]:
     """One database for the module: the lab, a user-declared owned table, and each actor logged in
     once (a key each; the cells resume by key, one round trip, instead of paying argon2 again)."""
-    from argon2 import PasswordHasher
-
     name = f"perm_{os.getpid()}"
     with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     dsn = pg_cluster.dsn(name)
-    hasher = PasswordHasher()
     ids: dict[str, int] = {}
     groups: dict[str, int] = {}
     people = {"root": ("system", True, False), "adam": ("system", True, False), "lena": ("lab_a", False, False),
@@ -240,7 +236,7 @@ def world(pg_cluster: Cluster) -> Iterator[World]:
             ids[user] = conn.execute(
                 "INSERT INTO experimenters (ome_name, first_name, password_hash, group_id, is_admin, is_guest) "
                 "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
-                (user, user.title(), hasher.hash(f"{user}-password"), groups[group], is_admin, is_guest)).fetchone()[0]
+                (user, user.title(), password_hash(password(user)), groups[group], is_admin, is_guest)).fetchone()[0]
             conn.execute("INSERT INTO experimenter_group_map VALUES (%s, %s)", (ids[user], groups[group]))
         conn.execute("UPDATE groups SET leader_id = %s WHERE name = 'lab_a'", (ids["lena"],))
         conn.execute("UPDATE groups SET leader_id = %s WHERE name = 'system'", (ids["root"],))
@@ -249,7 +245,7 @@ def world(pg_cluster: Cluster) -> Iterator[World]:
             conn.execute("INSERT INTO configuration VALUES (%s, %s)", (key, Jsonb(value)))
     keys = {}
     for user in people:
-        keys[user] = SessionManager(dsn).create_session(user, f"{user}-password").session_key or ""
+        keys[user] = login(dsn, user).session_key or ""
         Session.delete_instance(force=True)
     try:
         yield World(dsn, ids, groups, keys)

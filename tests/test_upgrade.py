@@ -6,15 +6,14 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
-from typing import Any
 
 import psycopg
 import pytest
-from argon2 import PasswordHasher
 from psycopg import sql
 
 from ome_session import Session, SessionManager, _keys, _migrations
 from ome_session._cluster import Cluster
+from tests.helpers import password_hash, query
 
 _counter = itertools.count()
 FIRST = _migrations.available()[0]
@@ -36,13 +35,8 @@ def first_schema(pg_cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Iterat
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def _rows(dsn: str, query: str) -> list[tuple[Any, ...]]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        return conn.execute(query).fetchall()
-
-
 def test_upgrade_keeps_the_data_and_the_live_keys(first_schema: str) -> None:
-    hashed = PasswordHasher().hash("secret-password")
+    hashed = password_hash("secret-password")
     key = _keys.new_key()
     with psycopg.connect(first_schema) as conn:  # a live install, as version 1 held it
         conn.execute("INSERT INTO groups (id, name) VALUES (1, 'lab')")
@@ -52,17 +46,17 @@ def test_upgrade_keeps_the_data_and_the_live_keys(first_schema: str) -> None:
         conn.execute("INSERT INTO projects (name, owner_id, group_id) VALUES ('kept', 2, 1)")
         conn.execute("INSERT INTO configuration VALUES ('super_user', '1'), ('session_idle_timeout', '600')")
         conn.execute("INSERT INTO ome_sessions (key_digest, experimenter_id) VALUES (%s, 2)", (_keys.digest(key),))
-    before = {table: _rows(first_schema, f"SELECT * FROM {table} ORDER BY 1")
+    before = {table: query(first_schema, f"SELECT * FROM {table} ORDER BY 1")
               for table in ("groups", "experimenters", "projects", "configuration", "ome_sessions")}
     with psycopg.connect(first_schema) as conn:
         assert _migrations.migrate(conn) == [2]
-    after = {table: _rows(first_schema, f"SELECT * FROM {table} ORDER BY 1")
+    after = {table: query(first_schema, f"SELECT * FROM {table} ORDER BY 1")
              for table in before}
     assert {t: rows for t, rows in after.items() if t != "ome_sessions"} == \
            {t: rows for t, rows in before.items() if t != "ome_sessions"}
     assert [row[:-1] for row in after["ome_sessions"]] == before["ome_sessions"]  # su appended, false
     assert [row[-1] for row in after["ome_sessions"]] == [False]
-    assert _rows(first_schema, "SELECT convalidated FROM pg_constraint "
+    assert query(first_schema, "SELECT convalidated FROM pg_constraint "
                                "WHERE conname = 'configuration_deciding_values_valid'") == [(True,)]
     manager = SessionManager(first_schema)
     assert manager.create_session(key=key).user_name == "alice"
@@ -72,18 +66,18 @@ def test_upgrade_keeps_the_data_and_the_live_keys(first_schema: str) -> None:
 
 def test_upgrade_with_a_value_that_locked_logins_out_upgrades_and_logs_in(
         first_schema: str) -> None:
-    hashed = PasswordHasher().hash("secret-password")
+    hashed = password_hash("secret-password")
     with psycopg.connect(first_schema) as conn:
         conn.execute("INSERT INTO experimenters (ome_name, password_hash, is_admin) VALUES ('root', %s, true)",
                      (hashed,))
         conn.execute("INSERT INTO configuration VALUES ('super_user', %s::jsonb)", (str(2**70),))
     with psycopg.connect(first_schema) as conn:
         assert _migrations.migrate(conn) == [2]
-    assert _rows(first_schema, "SELECT convalidated FROM pg_constraint "
+    assert query(first_schema, "SELECT convalidated FROM pg_constraint "
                                "WHERE conname = 'configuration_deciding_values_valid'") == [(False,)]
-    assert _rows(first_schema, "SELECT value::text FROM configuration WHERE name = 'super_user'") == \
+    assert query(first_schema, "SELECT value::text FROM configuration WHERE name = 'super_user'") == \
            [(str(2**70),)]  # kept as it was: an admin decides what it should be
     session = SessionManager(first_schema).create_session("root", "secret-password")
     assert session.user_name == "root" and not session.is_su_session()
     with pytest.raises(psycopg.errors.CheckViolation):  # and no new bad value gets in
-        _rows(first_schema, "INSERT INTO configuration VALUES ('session_idle_timeout', '-1') RETURNING 1")
+        query(first_schema, "INSERT INTO configuration VALUES ('session_idle_timeout', '-1') RETURNING 1")
