@@ -34,7 +34,7 @@ from psycopg.types.json import Jsonb
 from ._permissions import Acl, visible
 from .dbobject import Column, DBObject, HasMany, Reference, resolve
 
-__all__ = ["Acl", "check_key", "compile_count", "compile_select", "criterion_columns"]
+__all__ = ["Acl", "check_key", "check_paging", "compile_count", "compile_select", "criterion_columns"]
 
 # The operator whitelist: spelling accepted in criteria -> SQL text. Nothing else reaches SQL.
 _OPERATORS: dict[str, str] = {
@@ -101,9 +101,7 @@ def compile_count(
     query = _Query(resolve(cls), criteria, acl)
     distinct = query.distinct()
     _Query(query.cls, {}, acl).order(criteria.get("__order"))  # validated, then ignored
-    for key in ("__limit", "__offset"):
-        if key in criteria:
-            _non_negative(key, criteria[key])
+    check_paging(criteria)
     from_clause, params = query.root.from_clause()
     where, where_params = query.where()
     params += where_params
@@ -356,6 +354,13 @@ def _key(cls: type[DBObject]) -> str:
     if len(cls.__primary_key__) != 1:
         raise ValueError(f"{cls.__name__} has a composite primary key; it cannot be the target of a path")
     return cls.__primary_key__[0]
+
+
+def check_paging(criteria: Mapping[str, Any]) -> None:
+    """``__limit`` and ``__offset``, where given, are ints PostgreSQL can take (see ``_non_negative``)."""
+    for key in ("__limit", "__offset"):
+        if key in criteria:
+            _non_negative(key, criteria[key])
 
 
 def _non_negative(key: str, value: Any) -> int:

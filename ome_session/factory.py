@@ -162,6 +162,7 @@ class Factory:
 
     def find_object(self, cls: ClassRef, **criteria: Any) -> DBObject | None:
         """The first match in a deterministic order (``__order``, then the primary key), or None."""
+        _query.check_paging(criteria)  # replaced below, but bad input is still refused
         criteria["__limit"] = 1
         found = self.find_objects(cls, **criteria)
         return found[0] if found else None
