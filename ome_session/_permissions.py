@@ -406,7 +406,8 @@ def may_lock(principal: Principal, cls: type[DBObject]) -> None:
         raise refusal(principal, "lock", cls, detail="guests are read-only")
     w = _Write(principal, "lock", cls, {}, ())
     if _cell(w, kind_of(cls)) is not True:
-        raise refusal(principal, "lock", cls)
+        raise refusal(principal, "lock", cls, detail="only admins lock shared tables, where a lock keeps "
+                      "every user (and every login) waiting")
 
 
 def may_configure(principal: Principal, names: Iterable[str]) -> None:
@@ -416,8 +417,9 @@ def may_configure(principal: Principal, names: Iterable[str]) -> None:
     for name in names:
         relations = TABLE.get((f"configuration.{name}", "update")) or TABLE[("configuration", "update")]
         if not any(_role(principal, relation) for relation in relations):
+            who = "the super user" if relations == (SUPER,) else "admins and the super user"
             raise PermissionDenied(f"{principal.name} ({principal.role}) may not change the configuration "
-                                   f"value {name!r}: only {' or '.join(relations)}s may")
+                                   f"value {name!r}: only {who} may")
 
 
 def refusal(principal: Principal, op: str, cls: type[DBObject], column: str | None = None, *,

@@ -504,3 +504,13 @@ def test_a_has_many_path_sees_only_links_the_user_can_read(people: People) -> No
     factory = login(people, "alice").factory
     assert factory.find_objects("Project", **{"dataset_links.id": ("is not", None)}) == []
     assert factory.load_object("Project", own.id).dataset_links == []
+
+
+def test_removing_a_default_group_membership_says_what_to_do_first(people: People) -> None:
+    session = login(people, "root")
+    membership = session.factory.load_object("ExperimenterGroupMap", (people.ids["bob"], people.groups["lab_a"]))
+    with pytest.raises(PermissionDenied, match="default group: change the default group first"):
+        membership.delete()
+    session.commit_transaction()
+    assert query(people.dsn, "SELECT count(*) FROM experimenter_group_map WHERE experimenter_id = %s",
+                 people.ids["bob"]) == [(1,)]
