@@ -62,11 +62,11 @@ def ids(values: Iterable[int]) -> Fragment:
     return sql.SQL("{}::int8[]").format(sql.Placeholder()), [sorted(values)]
 
 
-# The super user: the experimenter the ``super_user`` value names, if that value is usable (see the
-# migration's ome_session_config_valid) and he is an active admin. Anything else names nobody, so
+# The super user: the experimenter the ``super_user`` value names, if that value is usable (the
+# column the migrations compute with ome_session_config_valid) and he is an active admin. Anything else names nobody, so
 # a bad value can never lock logins out or hand out rights.
 SUPER_USER_SQL = """(SELECT e.id FROM configuration c JOIN experimenters e
-    ON e.id = CASE WHEN ome_session_config_valid(c.name, c.value) THEN (c.value #>> '{}')::bigint END
+    ON e.id = CASE WHEN c.usable THEN (c.value #>> '{}')::bigint END
     WHERE c.name = 'super_user' AND e.active AND e.is_admin AND NOT e.is_guest)"""
 SUPER_ID: Fragment = (sql.SQL(SUPER_USER_SQL), [])
 

@@ -294,6 +294,9 @@ def _read_all(factory: Factory) -> dict[str, Any]:
     for name, value in rows:
         if name not in VARIABLES:
             continue
+        if value is None:  # a JSON null: nothing the statements or the accessors can use
+            log.error("configuration value %r ignored (the default applies): it is null", name)
+            continue
         try:
             values[name] = _check(name, value)
         except ConfigurationError as exc:  # written by plain SQL: ignored, never fatal

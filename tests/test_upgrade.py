@@ -52,10 +52,12 @@ def test_upgrade_keeps_the_data_and_the_live_keys(first_schema: str) -> None:
         assert _migrations.migrate(conn) == [2]
     after = {table: query(first_schema, f"SELECT * FROM {table} ORDER BY 1")
              for table in before}
-    assert {t: rows for t, rows in after.items() if t != "ome_sessions"} == \
-           {t: rows for t, rows in before.items() if t != "ome_sessions"}
-    assert [row[:-1] for row in after["ome_sessions"]] == before["ome_sessions"]  # su appended, false
-    assert [row[-1] for row in after["ome_sessions"]] == [False]
+    grown = {"ome_sessions": [False], "configuration": [True, True]}  # su; usable (both values are)
+    assert {t: rows for t, rows in after.items() if t not in grown} == \
+           {t: rows for t, rows in before.items() if t not in grown}
+    for table, added in grown.items():  # the new column comes last, the rows are the same
+        assert [row[:-1] for row in after[table]] == before[table]
+        assert [row[-1] for row in after[table]] == added
     assert query(first_schema, "SELECT convalidated FROM pg_constraint "
                                "WHERE conname = 'configuration_deciding_values_valid'") == [(True,)]
     manager = SessionManager(first_schema)

@@ -8,7 +8,7 @@ statement that checks the key, touches it, and returns the user, the user state 
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar
+from typing import Any
 
 from psycopg import sql
 
@@ -28,20 +28,18 @@ _MAX_FIELD = 4096  # longer user names or passwords are refused before hashing o
 # The configuration that decides who may be in, read inside the very statement that decides:
 # a change (guest access withdrawn, a shorter timeout) counts at once in every running process,
 # at no extra round trip. Defaults come from configuration.VARIABLES as parameters. A stored value
-# these statements cannot use (written before the database checked them) is ignored, never a
-# failure: ``bad`` names it (with its value), and the caller logs an error. One scan of the few rows concerned.
+# these statements cannot use (``usable`` is false: written before the database checked values)
+# is ignored, never a failure; reading the configuration logs an error about it.
 _CFG = """
 cfg AS (
-    SELECT coalesce(max(CASE WHEN c.ok AND c.name = 'session_idle_timeout' THEN (c.value #>> '{}')::bigint END),
-                    %(idle_default)s) AS idle,
-           coalesce(max(CASE WHEN c.ok AND c.name = 'session_max_lifetime' THEN (c.value #>> '{}')::bigint END),
-                    %(lifetime_default)s) AS lifetime,
-           coalesce(bool_or(CASE WHEN c.ok AND c.name = 'allow_guest_access' THEN (c.value #>> '{}')::boolean END),
-                    false) AS allow_guest,
-           max(CASE WHEN c.ok AND c.name = 'super_user' THEN (c.value #>> '{}')::bigint END) AS super_user,
-           array_agg(c.name || ' = ' || left(c.value::text, 40)) FILTER (WHERE NOT c.ok) AS bad
-    FROM (SELECT name, value, ome_session_config_valid(name, value) AS ok FROM configuration
-          WHERE name IN ('session_idle_timeout', 'session_max_lifetime', 'allow_guest_access', 'super_user')) c
+    SELECT coalesce((SELECT CASE WHEN usable THEN (value #>> '{}')::bigint END FROM configuration
+                     WHERE name = 'session_idle_timeout'), %(idle_default)s) AS idle,
+           coalesce((SELECT CASE WHEN usable THEN (value #>> '{}')::bigint END FROM configuration
+                     WHERE name = 'session_max_lifetime'), %(lifetime_default)s) AS lifetime,
+           coalesce((SELECT CASE WHEN usable THEN (value #>> '{}')::boolean END FROM configuration
+                     WHERE name = 'allow_guest_access'), false) AS allow_guest,
+           (SELECT CASE WHEN usable THEN (value #>> '{}')::bigint END FROM configuration
+            WHERE name = 'super_user') AS super_user
 )"""
 
 # The columns a Login is built from, given a ``s`` row of ome_sessions and ``e`` of experimenters,
@@ -58,13 +56,12 @@ _LOGIN_COLUMNS = """
     ARRAY(SELECT g.id FROM groups g WHERE g.leader_id = e.id) AS leads,
     CASE WHEN s.sudo_by IS NOT NULL AND NOT EXISTS (
             SELECT 1 FROM experimenters a WHERE a.id = s.sudo_by AND a.is_admin AND a.active AND NOT a.is_guest)
-         THEN ARRAY(SELECT g.id FROM groups g WHERE g.leader_id = s.sudo_by) END AS confined_to,
-    cfg.bad
+         THEN ARRAY(SELECT g.id FROM groups g WHERE g.leader_id = s.sudo_by) END AS confined_to
 """
 
 _FIND_USER = f"""
 WITH {_CFG}
-SELECT e.id, e.password_hash, e.is_guest, e.active, cfg.allow_guest, cfg.bad
+SELECT e.id, e.password_hash, e.is_guest, e.active, cfg.allow_guest
 FROM cfg LEFT JOIN experimenters e ON e.ome_name = %(name)s
 """
 
@@ -157,7 +154,6 @@ class LocalBackend(AuthBackend):
     """Logins against the ``experimenters`` and ``ome_sessions`` tables."""
 
     name = "local"
-    _logged_ignored: ClassVar[set[tuple[str, ...]]] = set()
 
     def __init__(self, connection: Connection, configuration: Configuration) -> None:
         self._db = connection
@@ -175,8 +171,7 @@ class LocalBackend(AuthBackend):
         with self._db.errors(), self._db.autocommit() as conn:
             row = conn.execute(_FIND_USER, {"name": username, **_config_defaults()}).fetchone()
         assert row is not None  # one row whether or not the user exists
-        user_id, stored_hash, is_guest, active, allow_guest, bad = row
-        _log_ignored(bad)
+        user_id, stored_hash, is_guest, active, allow_guest = row
         ldap = self._config.ldap
         if ldap and not stored_hash and user_id is not None and active:
             # No local password: the directory decides, and a refusal is final (no fallback).
@@ -269,8 +264,7 @@ class LocalBackend(AuthBackend):
 
     def _login_from_row(self, key: str, row: tuple[Any, ...]) -> Login:
         (session_id, user_id, name, group_id, started, last_access, expires_at, host, sudo_by,
-         is_admin, is_guest, project_id, dataset_id, is_super, member_of, leads, confined_to, bad) = row
-        _log_ignored(bad)
+         is_admin, is_guest, project_id, dataset_id, is_super, member_of, leads, confined_to) = row
         principal = Principal(
             user_id=user_id, name=name, is_super=is_super, is_admin=is_admin, is_guest=is_guest,
             groups=frozenset(member_of), led=frozenset(leads),
@@ -283,15 +277,6 @@ class LocalBackend(AuthBackend):
             acl=principal.acl(), principal=principal,
             project_id=project_id, dataset_id=dataset_id, extra={"session_id": session_id},
         )
-
-
-def _log_ignored(bad: list[str] | None) -> None:
-    """Deciding configuration the statements had to ignore: an error, once per process and set."""
-    names = tuple(sorted(bad or ()))
-    if names and names not in LocalBackend._logged_ignored:
-        LocalBackend._logged_ignored.add(names)
-        log.error("configuration value(s) %s ignored: they are not usable (the defaults apply, and no "
-                  "super user for a bad super_user); fix them with Configuration.update()", ", ".join(names))
 
 
 def _plausible(value: object) -> bool:

@@ -2,9 +2,9 @@
 -- login and resume statements cannot use, and sessions opened by su_session() are marked.
 
 -- Whether a stored configuration value is usable by the statements that decide logins. One
--- definition, used by the CHECK constraint below and by those statements (which ignore a value
--- stored before the constraint existed rather than fail on it). Other names are not judged here:
--- the Python side validates them on write.
+-- definition, used by the CHECK constraint below and, through the generated column ``usable``, by
+-- those statements (which ignore a value stored before the constraint existed rather than fail on
+-- it). Other names are not judged here: the Python side validates them on write.
 CREATE FUNCTION ome_session_config_valid(name text, value jsonb) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 SELECT CASE
@@ -21,8 +21,8 @@ END
 $$;
 
 -- Plain SQL cannot store a value that would lock logins out. An install that already holds one
--- still upgrades: the constraint is then left NOT VALID (it holds for every new write) and the
--- login statements ignore the old value, logging an error naming it.
+-- still upgrades: the constraint is then left NOT VALID (it holds for every new write), the
+-- login statements ignore the old value, and reading the configuration logs an error naming it.
 ALTER TABLE configuration
     ADD CONSTRAINT configuration_deciding_values_valid CHECK (ome_session_config_valid(name, value)) NOT VALID;
 
@@ -36,6 +36,11 @@ BEGIN
     END IF;
 END
 $$;
+
+-- The same judgement, stored with each row when it is written: the login and resume statements
+-- read it instead of evaluating the function on every request.
+ALTER TABLE configuration
+    ADD COLUMN usable boolean NOT NULL GENERATED ALWAYS AS (ome_session_config_valid(name, value)) STORED;
 
 -- Sessions opened by su_session() (as the super user, without a password).
 ALTER TABLE ome_sessions ADD COLUMN su boolean NOT NULL DEFAULT false;
