@@ -17,23 +17,23 @@ ROW = "t"  # the alias the Factory gives the row being written
 
 
 def any_of(decisions: Iterable[Decision]) -> Decision:
-    fragments: list[Fragment] = []
-    for decision in decisions:
-        if decision is True:
-            return True
-        if decision is not False:
-            fragments.append(decision)  # type: ignore[arg-type]
-    return join(fragments, " OR ") if fragments else False
+    """OR: one True decides; False ones drop out."""
+    return _combine(decisions, True, " OR ")
 
 
 def all_of(decisions: Iterable[Decision]) -> Decision:
+    """AND: one False decides; True ones drop out."""
+    return _combine(decisions, False, " AND ")
+
+
+def _combine(decisions: Iterable[Decision], deciding: bool, glue: str) -> Decision:
     fragments: list[Fragment] = []
     for decision in decisions:
-        if decision is False:
-            return False
-        if decision is not True:
-            fragments.append(decision)  # type: ignore[arg-type]
-    return join(fragments, " AND ") if fragments else True
+        if decision is deciding:
+            return deciding
+        if isinstance(decision, tuple):
+            fragments.append(decision)
+    return join(fragments, glue) if fragments else not deciding
 
 
 def join(fragments: list[Fragment], glue: str) -> Fragment:

@@ -21,7 +21,6 @@ from ome_session.errors import (
     ConfigurationError,
     DatabaseError,
     PermissionDenied,
-    SessionKeyError,
 )
 from ome_session.model import Experimenter
 from tests.helpers import People, login, query
@@ -383,15 +382,6 @@ def test_a_guest_with_guest_access_off_gets_the_wrong_password_message(people: P
     with pytest.raises(AuthenticationError) as wrong_password:
         manager.create_session("guest", "nope")
     assert str(right_password.value) == str(wrong_password.value)
-
-
-def test_a_guest_key_dies_when_guest_access_is_withdrawn(people: People) -> None:
-    query(people.dsn, "INSERT INTO configuration VALUES ('allow_guest_access', 'true')")
-    key = login(people, "guest").session_key
-    query(people.dsn, "UPDATE configuration SET value = 'false' WHERE name = 'allow_guest_access'")
-    Session.idle()
-    with pytest.raises(SessionKeyError):
-        SessionManager(people.dsn).create_session(key=key)
 
 
 # -- bad input at the Factory surface ----------------------------------------------------------------
