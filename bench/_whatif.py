@@ -44,18 +44,13 @@ _SQL_TYPES = {bytes: "bytea", bool: "boolean", int: "bigint", str: "text"}
 def statements() -> dict[str, str]:
     """``statement`` (the library's) and ``throttled``, or {} if the library's SQL pieces moved."""
     try:
-        from ome_session.backends.local import _LIVE, _LOGIN_COLUMNS, _RESUME
+        from ome_session.backends.local import _sql
     except ImportError:
         return {}
-    try:
-        from ome_session.backends.local import _CFG  # the configuration read inside the statement
-    except ImportError:
-        cfg_with, cfg_join = "", ""
-    else:
-        cfg_with, cfg_join = f"{_CFG},", "CROSS JOIN cfg"
+    cfg_with, cfg_join = f"{_sql.CFG},", "CROSS JOIN cfg"  # the configuration read inside the statement
     throttled = f"""
 WITH {cfg_with} hit AS (
-    SELECT s.id, s.last_access, ({_LIVE}) AS live
+    SELECT s.id, s.last_access, ({_sql._LIVE}) AS live
     FROM ome_sessions s JOIN experimenters e ON e.id = s.experimenter_id {cfg_join}
     WHERE s.key_digest = %(digest)s
 ), dead AS (
@@ -66,26 +61,19 @@ WITH {cfg_with} hit AS (
     FROM hit WHERE s.id = hit.id AND hit.live
       AND hit.last_access < now() - {THROTTLE_S} * interval '1 second'
 )
-SELECT {_LOGIN_COLUMNS}
+SELECT {_sql.LOGIN_COLUMNS}
 FROM hit JOIN ome_sessions s ON s.id = hit.id AND hit.live
 JOIN experimenters e ON e.id = s.experimenter_id {cfg_join}
-LEFT JOIN user_states us ON us.experimenter_id = e.id
 """
-    return {"statement": _RESUME, "throttled": throttled}
+    return {"statement": _sql.RESUME, "throttled": throttled}
 
 
 def params(keys: list[str]) -> list[dict[str, Any]]:
     """The parameters the library's resume passes, for each key."""
-    try:
-        from ome_session.backends.local import _config_defaults
-    except ImportError:
-        defaults: dict[str, Any] = {"idle": 1800, "allow_guest": False}
-    else:
-        defaults = _config_defaults()
-    from ome_session.backends import local
+    from ome_session.backends.local import _backend
 
-    if hasattr(local, "_RESUME_TOUCH_EVERY"):  # the library slides last_access at most this often
-        defaults["touch_every"] = local._RESUME_TOUCH_EVERY
+    defaults: dict[str, Any] = _backend._config_defaults()
+    defaults["touch_every"] = _backend._RESUME_TOUCH_EVERY  # the library slides last_access at most this often
     return [{"digest": _keys.digest(k), **defaults} for k in keys]
 
 

@@ -62,11 +62,11 @@ def _resume_via_function() -> None:
     """What-if runs only: resume through a server-side function (see bench._whatif)."""
     kind = os.environ.get("BENCH_RESUME_VIA")
     if kind:
-        from ome_session.backends import local
+        from ome_session.backends.local import _sql
 
         from . import _whatif
 
-        local._RESUME = _whatif.call(kind)
+        _sql.RESUME = _whatif.call(kind)
 
 
 _resume_via_function()

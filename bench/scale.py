@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from ome_session.backends import local
+from ome_session.backends.local import _sql
 
 from . import _data, _whatif
 from ._context import Context, autocommit_execute, resume, session_connection
@@ -41,7 +41,7 @@ def run(ctx: Context) -> None:
             if (phase == "never analysed") != fresh:
                 ctx.results.details.setdefault("warnings", []).append(f"{rows} rows: statistics state unexpected")
             keys = _data.open_keys(rows, 200)
-            plans[f"{rows} rows, {phase}"] = _data.explain(dsns[rows], local._RESUME, _whatif.params(keys[:1])[0])
+            plans[f"{rows} rows, {phase}"] = _data.explain(dsns[rows], _sql.RESUME, _whatif.params(keys[:1])[0])
             measured[rows] = _measure(ctx, dsns[rows], keys)
         _rows(ctx, phase, (small, large), measured, plans)
 

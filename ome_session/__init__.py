@@ -6,7 +6,6 @@ Log in with ``SessionManager().create_session(user, password)``; reach the sessi
 
 from __future__ import annotations
 
-from . import _fork  # noqa: F401  (registers the at-fork hook that makes children forget the session)
 from .configuration import Configuration
 from .dbobject import Column, DBObject, HasMany, Reference
 from .factory import Factory

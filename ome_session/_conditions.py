@@ -62,12 +62,18 @@ def ids(values: Iterable[int]) -> Fragment:
     return sql.SQL("{}::int8[]").format(sql.Placeholder()), [sorted(values)]
 
 
+def active_admin(alias: str) -> str:
+    """SQL: the experimenter row ``alias`` is an admin in effect (as ``Principal.admin`` says of a
+    session's user): active, flagged admin, and not a guest."""
+    return f"{alias}.active AND {alias}.is_admin AND NOT {alias}.is_guest"
+
+
 # The super user: the experimenter the ``super_user`` value names, if that value is usable (the
-# column the migrations compute with ome_session_config_valid) and he is an active admin. Anything else names nobody, so
-# a bad value can never lock logins out or hand out rights.
-SUPER_USER_SQL = """(SELECT e.id FROM configuration c JOIN experimenters e
-    ON e.id = CASE WHEN c.usable THEN (c.value #>> '{}')::bigint END
-    WHERE c.name = 'super_user' AND e.active AND e.is_admin AND NOT e.is_guest)"""
+# column the migrations compute with ome_session_config_valid) and he is an active admin. Anything
+# else names nobody, so a bad value can never lock logins out or hand out rights.
+SUPER_USER_SQL = f"""(SELECT e.id FROM configuration c JOIN experimenters e
+    ON e.id = CASE WHEN c.usable THEN (c.value #>> '{{}}')::bigint END
+    WHERE c.name = 'super_user' AND {active_admin("e")})"""
 SUPER_ID: Fragment = (sql.SQL(SUPER_USER_SQL), [])
 
 

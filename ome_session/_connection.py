@@ -1,9 +1,10 @@
 """One owned psycopg connection: connecting, error translation, and fork-safe closing.
 
-The Factory talks to the database only through ``Connection``. It knows which process opened the
-socket: only that process may close it (closing sends a Terminate message on the socket it shares
-with any forked child, which kills the parent's backend). A child *discards* instead: the libpq
-handle is freed with its socket pointed at /dev/null, so nothing reaches the server.
+The Factory talks to the database only through ``Connection``. Only the process that opened the
+socket may use or close it (closing sends a Terminate message on the socket it shares with any
+forked child, which kills the parent's backend). In a child the fork protocol (``_fork``) points
+the inherited socket at /dev/null and parks the psycopg object for good, so nothing of the child
+can reach the parent's server session however it ends.
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ from __future__ import annotations
 import logging
 import os
 import select
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 
-from .errors import DatabaseError, DatabaseUnavailable, IntegrityError, TransactionLost
+from . import _fork
+from .errors import DatabaseError, DatabaseUnavailable, IntegrityError, SessionClosedError, TransactionLost
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,13 @@ def describe_dsn(dsn: str) -> str:
 
 
 class Connection:
-    """A psycopg connection (autocommit off) that this process owns, reopened on demand."""
+    """A psycopg connection (autocommit off) that this process owns, reopened when it broke.
+
+    Its own small lifecycle, as psycopg's: open; broken (the server went away: replaced by the
+    next use, or by ``revive()`` at the start of a unit of work); closed for good by ``close()``
+    (every use then raises). In a forked child the inherited socket is muted by the fork protocol
+    and the next use opens a connection of the child's own.
+    """
 
     def __init__(self, dsn: str, *, connect_timeout: int = DEFAULT_CONNECT_TIMEOUT,
                  prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD) -> None:
@@ -50,55 +58,89 @@ class Connection:
         self.connect_timeout = connect_timeout
         self.prepare_threshold = prepare_threshold
         self._conn: psycopg.Connection[Any] | None = None
-        self._pid = os.getpid()
+        self._closed = False
+        self._opened = False
+        self._on_replaced: list[Callable[[], None]] = []
         self.open()
+        _fork.register(self)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Connect (again); raises DatabaseUnavailable naming where and why, within the timeout."""
+        """Connect (again); raises DatabaseUnavailable naming where and why, within the timeout.
+
+        A connection opened in place of an earlier one (it broke, or the process is a forked
+        child) tells the ``on_replaced`` subscribers.
+        """
         try:
             conn = psycopg.connect(self.dsn, autocommit=False, connect_timeout=self.connect_timeout)
         except psycopg.Error as exc:
             cause = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise DatabaseUnavailable(f"cannot connect to {describe_dsn(self.dsn)}: {cause}") from exc
         conn.prepare_threshold = self.prepare_threshold
-        self._conn = conn
-        self._pid = os.getpid()
+        replaced, self._opened = self._opened, True
+        self._conn, self._closed = conn, False
+        if replaced:
+            self._replaced()
+
+    def on_replaced(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever the server session this object had is gone: found broken,
+        or replaced by a new connection. What was read on it may no longer be true."""
+        self._on_replaced.append(listener)
+
+    def _replaced(self) -> None:
+        for listener in list(self._on_replaced):
+            listener()
 
     @property
     def raw(self) -> psycopg.Connection[Any]:
-        """The psycopg connection, reopened first if it was closed or broke (or is the parent's)."""
+        """The psycopg connection, reopened first if it broke (or the process is a forked child)."""
         conn = self._own()
         if conn is None or conn.closed:
             self.open()
-        assert self._conn is not None
+            conn = self._conn
+        assert conn is not None
+        return conn
+
+    def _own(self) -> psycopg.Connection[Any] | None:
+        """The connection, if this process may use it: the door every use goes through.
+
+        Closed for good: refused. After a fork the at-fork hook did not see, the fork protocol
+        mutes the inherited socket first, so the parent's connection is never written to.
+        """
+        if self._closed:
+            raise SessionClosedError(f"this connection to {describe_dsn(self.dsn)} was closed: log in again")
+        if not _fork.owned():
+            return None  # the protocol has let go of the parent's connection by now
         return self._conn
 
     @property
-    def owned(self) -> bool:
-        """Whether this process opened the socket (false in a forked child)."""
-        return self._pid == os.getpid()
-
-    def _own(self) -> psycopg.Connection[Any] | None:
-        """The connection if this process opened it; one inherited through fork is discarded.
-
-        Every use goes through here, so a Factory kept across a fork (which the at-fork hook did
-        not reach) opens its own connection instead of talking on the parent's socket.
-        """
-        if self._conn is not None and not self.owned:
-            self.discard()
-        return self._conn
+    def closed(self) -> bool:
+        """Closed for good by ``close()`` (a broken connection is not: it is replaced on use)."""
+        return self._closed
 
     @property
     def usable(self) -> bool:
+        """Open and not hung up on by the server (asking costs no round trip)."""
+        if self._closed:
+            return False
         conn = self._own()
         return conn is not None and not conn.closed and not conn.broken and not _hung_up(conn)
+
+    def revive(self) -> None:
+        """At the start of a unit of work: a connection that broke while idle is replaced (one
+        closed for good stays closed)."""
+        if not self.usable:
+            self._own()  # raises for a connection closed for good
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                _close_quietly(conn)
+            self.open()
 
     @property
     def in_transaction(self) -> bool:
         """A transaction is open (known locally: asking costs no round trip)."""
-        conn = self._own()
+        conn = self._conn
         if conn is None or conn.closed:
             return False
         return conn.info.transaction_status != pq.TransactionStatus.IDLE
@@ -109,8 +151,10 @@ class Connection:
         A connection found dead here took its transaction with it, which is all a rollback is
         for: that is no error (the next use reconnects).
         """
-        conn = self._conn
-        if conn is not None and self.in_transaction and not conn.broken:
+        if not self.in_transaction:
+            return
+        conn = self._own()
+        if conn is not None and not conn.broken:
             try:
                 # Sent as a statement, not conn.rollback(): psycopg's rollback() also drops every
                 # prepared statement, so the resume statement would be planned again after each
@@ -123,28 +167,39 @@ class Connection:
                 log.info("the connection died with its transaction before the rollback: %s", _first_line(exc))
 
     def commit(self) -> None:
-        if self._conn is not None and self.in_transaction:
+        if not self.in_transaction:
+            return
+        conn = self._own()
+        if conn is not None:
             with self.errors():
-                self._conn.commit()
+                conn.commit()
 
     def close(self) -> None:
-        """Roll back and close in the owning process; discard silently in a forked child."""
-        conn, self._conn = self._conn, None
-        if conn is None or conn.closed:
+        """Roll back and close, for good (a forked child's inherited socket is never touched)."""
+        if self._closed:
             return
-        if not self.owned:
-            _discard(conn)
-            return
-        try:
-            conn.close()  # psycopg rolls back an open transaction server-side when the session ends
-        except psycopg.Error as exc:
-            log.debug("closing the database connection failed: %s", exc)
+        conn = self._own()
+        self._conn, self._closed = None, True
+        if conn is not None and not conn.closed:
+            _close_quietly(conn)  # the server rolls back an open transaction when the session ends
 
     def discard(self) -> None:
-        """Drop the connection without closing it; in a forked child, without a word to the server."""
+        """Drop the connection without closing it (whoever holds it may go on using it)."""
+        self._own()  # after a missed fork, the protocol mutes the socket first
+        self._conn, self._closed = None, True
+
+    def _reset_after_fork_in_child(self) -> None:
+        """In a freshly forked child: make the inherited socket harmless, take no locks.
+
+        Runs inside the at-fork hook, where another thread of the parent may have held psycopg's
+        connection lock: so no psycopg call but reading the socket number (see ``_mute``).
+        """
         conn, self._conn = self._conn, None
-        if conn is not None and not conn.closed and not self.owned:
-            _discard(conn)
+        if conn is None:
+            return
+        if not conn.closed:
+            _mute(conn)
+        _INHERITED.append(conn)  # never collected in the child: nothing can reach its socket again
 
     # -- statements ------------------------------------------------------------------------------
 
@@ -166,19 +221,6 @@ class Connection:
             if not conn.closed:
                 conn.autocommit = False
 
-    def detach_in_child(self) -> None:
-        """In a freshly forked child: make the inherited socket harmless, take no locks.
-
-        Runs inside the at-fork hook, where another thread of the parent may have held psycopg's
-        connection lock: so no psycopg call but reading the socket number (see ``_mute``).
-        """
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        if not conn.closed:
-            _mute(conn)
-        _INHERITED.append(conn)  # never collected in the child: nothing can reach its socket again
-
     @contextmanager
     def errors(self) -> Iterator[None]:
         """Translate driver errors into ours; a broken connection mid-transaction is reported lost."""
@@ -192,6 +234,7 @@ class Connection:
         """The one place a driver error becomes ours."""
         conn = self._conn
         if conn is None or conn.closed or conn.broken or isinstance(exc, psycopg.InterfaceError):
+            self._replaced()
             where = describe_dsn(self.dsn)
             if had_transaction:
                 return TransactionLost(
@@ -203,6 +246,13 @@ class Connection:
         if isinstance(exc, psycopg.IntegrityError):
             return IntegrityError(_first_line(exc), sqlstate)
         return DatabaseError(_first_line(exc), sqlstate)
+
+
+def _close_quietly(conn: psycopg.Connection[Any]) -> None:
+    try:
+        conn.close()
+    except psycopg.Error as exc:
+        log.debug("closing the database connection failed: %s", exc)
 
 
 _ROLLBACK = "ROLLBACK"
@@ -236,10 +286,11 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _mute(conn: psycopg.Connection[Any]) -> bool:
+def _mute(conn: psycopg.Connection[Any]) -> None:
     """Point an inherited connection's socket at /dev/null: nothing written to it can reach the
     parent's server any more. The fd stays open (closing it would let the number be reused by an
-    unrelated file) and keeps libpq's close-on-exec. Returns whether it worked."""
+    unrelated file) and keeps libpq's close-on-exec. If it cannot be done, the connection is only
+    parked: psycopg finishes a connection (sending Terminate) only in the process that opened it."""
     try:
         fd = conn.pgconn.socket
         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
@@ -248,17 +299,4 @@ def _mute(conn: psycopg.Connection[Any]) -> bool:
         finally:
             os.close(devnull)
     except (OSError, psycopg.Error):
-        return False
-    return True
-
-
-def _discard(conn: psycopg.Connection[Any]) -> None:
-    """Free an inherited connection without sending anything on the parent's socket.
-
-    PQfinish writes a Terminate message before closing; muting the socket first makes that write
-    harmless (libpq ignores the error) and closes the fd in this process only. If the socket
-    cannot be muted the connection is only dropped: psycopg PQfinishes only in the owning pid.
-    """
-    if _mute(conn):
-        with suppress(OSError, psycopg.Error):
-            conn.close()
+        pass

@@ -1,60 +1,82 @@
-"""Fork safety: a forked child never inherits the parent's session.
+"""Fork safety: one protocol for everything that belongs to the process that made it.
 
-A child made by ``fork()`` shares the parent's database socket. Anything it sends there (a query,
-a ROLLBACK, the Terminate message of ``close()``) lands in the parent's backend and breaks the
-parent's connection or open transaction. So the child *forgets* the session instead: the
-singleton is dropped, the inherited socket is pointed at /dev/null, and the parent's temporary
-files stay the parent's. The child can log in again with ``SessionManager().reattach()``, which
-uses the key (and the database) it inherited.
+A child made by ``fork()`` inherits its parent's objects and shares its sockets and files.
+Anything it sends on an inherited socket (a query, a ROLLBACK, the Terminate message of
+``close()``) reaches the parent's server session and breaks the parent's connection or open
+transaction; anything it deletes may be the parent's. So each object holding such process-bound
+state registers a reset here (``register`` for an object, ``at_fork_in_child`` for class- or
+module-level state), and one hook, registered once with ``os.register_at_fork``, runs them all in
+the child: the session is forgotten, inherited sockets are pointed at /dev/null, the temporary-file
+registry starts empty, OMERO clients are parked, fresh locks replace the parent's.
 
-One hook, registered once at import, runs in every child made by ``os.fork`` (multiprocessing's
-fork start method, gunicorn workers, ``subprocess`` with ``preexec_fn``). It takes no lock (a
-thread of the parent may have held one at fork time, and that thread does not exist in the child)
-and sends nothing to the server. Forks the hook cannot see (``fork()`` called from C, as uWSGI
-does unless ``py-call-osafterfork`` is set) are caught the first time the child asks for the
-session: ``Session.instance()`` compares the owning pid and forgets then.
+A reset takes no lock and sends nothing to any server: a thread of the parent may have held any
+lock at fork time (that thread does not exist in the child), and the hook also runs in
+``subprocess`` children with ``preexec_fn``, just before exec.
+
+Forks the hook cannot see (``fork()`` called from C: uWSGI without ``py-call-osafterfork``) are
+caught by ``owned()``, the one place the process id is compared. It is asked where a process begins
+a unit of work and where bytes would leave for a server or a file would be deleted; the first time
+a child asks, the same resets run. Nothing else compares process ids.
 """
 
 from __future__ import annotations
 
 import os
-import threading
+import weakref
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Protocol, TypeVar
 
-from .configuration import Configuration
-from .session import Session
+
+class ProcessBound(Protocol):
+    """An object holding state only the process that made it may use."""
+
+    def _reset_after_fork_in_child(self) -> None:
+        """Let go of the parent's state without touching it: no lock, no I/O with a server."""
 
 
-def after_fork_in_child() -> None:
-    """Drop a session this process inherited through fork, sending nothing to the server.
+F = TypeVar("F", bound=Callable[[], None])
 
-    Runs in the at-fork hook, or later from ``Session.instance()`` for a fork the hook missed.
-    Remembers its key and database for ``reattach()``; references kept by user code (the
-    Session, its Factory) refuse to work in the child rather than touch the parent's socket.
+_owner = os.getpid()  # the process the registered state belongs to
+_objects: weakref.WeakSet[ProcessBound] = weakref.WeakSet()
+_functions: list[Callable[[], None]] = []
+
+
+def owned() -> bool:
+    """Whether this process owns the registered state (it made it, or reset it after a fork).
+
+    False once, in a child of a fork the hook did not see: the resets have run by then, so the
+    caller finds every inherited object already let go of.
     """
-    # Fresh locks first: the parent's may have been held by a thread that is gone in the child.
-    Session._process_pid = os.getpid()
-    Session._lock = threading.RLock()
-    Configuration._preload_lock = threading.Lock()
-    session, Session._instance = Session._instance, None
-    if session is None:
-        return
-    Session._inherited_key = session.session_key
-    session._idle = True
-    factory = session._factory
-    if factory is not None:
-        Session._inherited_dsn = factory._connection.dsn
-        Session._inherited_options = {"connect_timeout": factory._connection.connect_timeout,
-                                      "prepare_threshold": factory._connection.prepare_threshold}
-        factory._idle = True
-        factory._connection.detach_in_child()
-    # A remote backend (OMERO) says what a manager needs to reach its server again.
-    options = getattr(session._backend, "options", None)
-    Session._inherited_backend = None
-    if session._backend is not None and isinstance(options, dict):
-        Session._inherited_backend = (session._backend.name, dict(options))
-    if session._backend is not None:
-        session._backend.forget()
+    if os.getpid() == _owner:
+        return True
+    _reset_in_child()
+    return False
+
+
+def register(obj: ProcessBound) -> None:
+    """Reset ``obj`` in every forked child from now on (held weakly: it may go away)."""
+    owned()  # a missed fork first: what this process makes now must not be reset as the parent's
+    _objects.add(obj)
+
+
+def at_fork_in_child(reset: F) -> F:
+    """Run ``reset`` (class- or module-level state) in every forked child; usable as a decorator."""
+    _functions.append(reset)
+    return reset
+
+
+def _reset_in_child() -> None:
+    global _owner  # noqa: PLW0603  (the one piece of module state that says whose the rest is)
+    _owner = os.getpid()
+    # One failing reset must not stop the others; nothing can be logged here (logging locks).
+    for reset in list(_functions):
+        with suppress(Exception):
+            reset()
+    for obj in list(_objects):
+        with suppress(Exception):
+            obj._reset_after_fork_in_child()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=after_fork_in_child)
+    os.register_at_fork(after_in_child=_reset_in_child)

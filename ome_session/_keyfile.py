@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
-from ._keys import is_omero_key, validate_key
-from .errors import SessionKeyError
+from .backends import NAMES, REGISTRY, registered
+from .errors import SessionError
 
 _EXTRA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -38,14 +38,21 @@ def component(part: str) -> str:
 
 
 def check_key(key: object, backend: str) -> None:
-    """The key shape each backend issues; the message never echoes the key, a secret."""
-    if backend != "omero":
-        try:
-            validate_key(key)
-        except SessionKeyError as exc:
-            raise ValueError(str(exc)) from None
-    elif not is_omero_key(key):
-        raise ValueError("malformed OMERO session key: it is a lowercase UUID")
+    """The key shape ``backend`` issues, exactly as it issues it (OMERO's UUIDs in lowercase); the
+    message never echoes the key, a secret."""
+    entry = registered(backend)
+    if entry.is_key(key):
+        return
+    try:
+        entry.validate_key(key)
+    except SessionError as exc:
+        raise ValueError(str(exc)) from None
+    raise ValueError(f"malformed {backend} session key: not in the form its server issues (lowercase)")
+
+
+def backend_of(key: object) -> str:
+    """The backend whose keys look like ``key`` (every backend's keys have a shape of their own)."""
+    return next((entry.name for entry in REGISTRY.values() if entry.is_key(key)), "local")
 
 
 @dataclass(frozen=True)
@@ -59,15 +66,15 @@ class StoredSession:
     group: str | None = None
     sudo: str | None = None  # the admin or group owner who logged in as ``user``
     timeout: int | None = None
-    backend: str = "local"  # "local" (32 hex key) or "omero" (UUID key)
+    backend: str = "local"  # the registry's name: "local" (32 hex key) or "omero" (UUID key)
     extra: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         for what in ("server", "user", "group", "sudo"):
             if what in ("server", "user") or getattr(self, what) is not None:
                 check_text(what, getattr(self, what))
-        if self.backend not in ("local", "omero"):
-            raise ValueError(f"backend must be 'local' or 'omero', not {self.backend!r}")
+        if self.backend not in NAMES:
+            raise ValueError(f"backend must be one of {', '.join(NAMES)}, not {self.backend!r}")
         check_key(self.key, self.backend)
         if self.port is not None and (type(self.port) is not int or not 0 < self.port < 65536):
             raise ValueError(f"port must be an integer from 1 to 65535, not {self.port!r}")

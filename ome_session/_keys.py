@@ -50,6 +50,11 @@ def validate_omero_key(key: object) -> str:
     return lowered
 
 
+def is_key(key: object) -> bool:
+    """Whether ``key`` has the OME key format."""
+    return isinstance(key, str) and _KEY_PATTERN.fullmatch(key) is not None
+
+
 def is_omero_key(key: object) -> bool:
     """Whether ``key`` is an OMERO session key exactly as OMERO issues it (lowercase)."""
     return isinstance(key, str) and _OMERO_KEY_PATTERN.fullmatch(key) is not None

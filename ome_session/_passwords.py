@@ -71,7 +71,3 @@ def _verify_crypt(stored_hash: str, password: str) -> bool:
     except (OSError, ValueError):
         return False
     return computed is not None and hmac.compare_digest(computed, stored_hash)
-
-
-def legacy_crypt_available() -> bool:
-    return _crypt_function() is not None

@@ -4,6 +4,10 @@ The first of these wins: the ``dsn`` argument; ``OME_SESSION_DSN``; the settings
 wrote (``OME_SESSION_CONFIG``, else the user config directory, else ``/etc/ome-session/``); the
 embedded cluster in the user's data directory if one was installed. The settings file may hold a
 password, so it must not be readable by others; no message ever prints a DSN's password.
+
+The settings file also names the backend (``"backend"``, one of the registry's, ``local`` by
+default). A remote backend needs no database: its options (the server) are the object named after
+it, as in ``{"backend": "omero", "omero": {"host": "omero.example.org", "port": 4064}}``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import platformdirs
 
 from . import _safefs
 from ._connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREPARE_THRESHOLD
+from .backends import NAMES, REGISTRY
 from .errors import ConfigurationError
 
 SYSTEM_SETTINGS = Path("/etc/ome-session/settings.json")
@@ -42,6 +47,12 @@ class Settings:
     prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def backend_options(self) -> dict[str, Any]:
+        """The options of a remote backend (its server), from the object named after it."""
+        options = self.extra.get(self.backend)
+        return dict(options) if isinstance(options, dict) else {}
+
     def connection_options(self) -> dict[str, Any]:
         return {"connect_timeout": self.connect_timeout, "prepare_threshold": self.prepare_threshold}
 
@@ -50,7 +61,7 @@ class Settings:
                                 "prepare_threshold": self.prepare_threshold, **self.extra}
         if self.embedded_datadir:
             data["embedded"] = {"datadir": self.embedded_datadir, "dbname": EMBEDDED_DBNAME}
-        else:
+        elif self.dsn:
             data["dsn"] = self.dsn
         return data
 
@@ -85,7 +96,8 @@ def resolve_dsn(dsn: str | None = None) -> Settings:
     raise ConfigurationError(_NOT_FOUND)
 
 
-def _from_file(path: Path) -> Settings:
+def _read_file(path: Path) -> tuple[dict[str, Any], Any]:
+    """The settings file's JSON object and its ``lstat``; ConfigurationError saying what is wrong."""
     try:
         info = path.lstat()
         if stat.S_ISLNK(info.st_mode):
@@ -95,6 +107,23 @@ def _from_file(path: Path) -> Settings:
         raise ConfigurationError(f"cannot read settings file {path}: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigurationError(f"settings file {path} is not a JSON object; re-run `ome-session install`")
+    backend = data.get("backend", "local")
+    if backend not in NAMES:
+        raise ConfigurationError(f"settings file {path}: backend must be one of {', '.join(NAMES)}, not {backend!r}")
+    return data, info
+
+
+def configured_backend() -> str | None:
+    """The backend the settings file names, read without finding (or starting) the database;
+    None when there is no settings file."""
+    path = next((p for p in (settings_path(), SYSTEM_SETTINGS) if p.exists()), None)
+    if path is None:
+        return None
+    return str(_read_file(path)[0].get("backend", "local"))
+
+
+def _from_file(path: Path) -> Settings:
+    data, info = _read_file(path)
     source = f"settings file {path}"
     timeout = _int_or(data.get("connect_timeout"), DEFAULT_CONNECT_TIMEOUT, path)
     prepare = data.get("prepare_threshold", DEFAULT_PREPARE_THRESHOLD)
@@ -102,6 +131,7 @@ def _from_file(path: Path) -> Settings:
         raise ConfigurationError(f"{path}: prepare_threshold must be an integer or null")
     known = ("dsn", "embedded", "connect_timeout", "prepare_threshold", "backend")
     extra = {k: v for k, v in data.items() if k not in known}
+    backend = str(data.get("backend", "local"))
     embedded = data.get("embedded")
     if isinstance(embedded, dict) and embedded.get("datadir"):
         settings = _embedded(str(embedded["datadir"]), source)
@@ -112,9 +142,11 @@ def _from_file(path: Path) -> Settings:
                 f"settings file {path} holds a password and is readable by others: chmod 600 {path}"
             )
         settings = Settings(dsn=dsn, source=source)
+    elif REGISTRY[backend].remote:
+        settings = Settings(dsn="", source=source)  # the sessions live on the backend's server
     else:
         raise ConfigurationError(f"settings file {path} names no database; re-run `ome-session install`")
-    settings.backend = str(data.get("backend", "local"))
+    settings.backend = backend
     settings.connect_timeout = timeout
     settings.prepare_threshold = prepare
     settings.extra = extra

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import _safefs
+from . import _fork, _safefs
 
 __all__ = ["TempFiles", "default_root", "reap"]
 
@@ -126,14 +126,21 @@ def _make_file(path: Path) -> None:
 class _Registry:
     """What one process has created; a forked child starts a new one instead of inheriting it."""
 
-    __slots__ = ("dir_name", "lock", "paths", "pid")
+    __slots__ = ("_dir_name", "lock", "paths")
 
     def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.dir_name = f"{self.pid}-{_read_start_time(self.pid) or _NO_START}"
+        # Made in the at-fork hook too: no I/O here (the directory name reads /proc, later).
+        self._dir_name: str | None = None
         # A fresh lock too: a thread of the parent may have held the old one at fork time.
         self.lock = threading.Lock()
         self.paths: set[Path] = set()
+
+    @property
+    def dir_name(self) -> str:
+        if self._dir_name is None:
+            pid = os.getpid()
+            self._dir_name = f"{pid}-{_read_start_time(pid) or _NO_START}"
+        return self._dir_name
 
 
 class TempFiles:
@@ -144,13 +151,16 @@ class TempFiles:
         # because resolving would follow links we mean to refuse.
         self.root = Path(os.path.abspath(root if root is not None else default_root()))
         self._registry = _Registry()
+        _fork.register(self)
+
+    def _reset_after_fork_in_child(self) -> None:
+        """The parent's paths are simply not the child's: it starts with none."""
+        self._registry = _Registry()
 
     def _current(self) -> _Registry:
-        """This process's registry: after a fork the parent's paths are simply not ours."""
-        registry = self._registry
-        if registry.pid != os.getpid():
-            registry = self._registry = _Registry()
-        return registry
+        """This process's registry (after a fork the hook missed, the protocol resets it first)."""
+        _fork.owned()
+        return self._registry
 
     def _create(
         self, prog_name: str, extension: str, make: Callable[[Path], None]
@@ -211,6 +221,8 @@ class TempFiles:
         A path that cannot be removed is logged and stays registered: one bad path must not stop
         the caller's clean-up (such as rolling back) from going on.
         """
+        if not self._registry.paths:
+            return []  # the usual case at idle(): nothing to do, not even a process-id check
         registry = self._current()
         finished: list[Path] = []
         with registry.lock:
@@ -251,7 +263,7 @@ class TempFiles:
             self._finish(path, strict=False)
 
     def forget(self) -> None:
-        """Drop the registry without deleting anything: for a child that inherited this object."""
+        """Drop the registry without deleting anything (someone else finishes those paths)."""
         self._registry = _Registry()
 
     def close(self) -> None:

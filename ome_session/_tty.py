@@ -11,7 +11,7 @@ from __future__ import annotations
 import getpass
 import unicodedata
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from psycopg.conninfo import conninfo_to_dict
 
@@ -20,8 +20,20 @@ from .errors import SessionError, SessionKeyError
 from .keystore import KeyStore, StoredSession
 
 if TYPE_CHECKING:
-    from .manager import SessionManager
+    from ._settings import Settings
     from .session import Session
+
+
+class Manager(Protocol):
+    """What a terminal login needs of a ``SessionManager`` (which calls in here)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    def create_session(self, username: str | None = None, password: str | None = None, *,
+                       key: Any = ..., host: str | None = None) -> Session: ...
+
+    def logout(self, session: Session | None = None) -> None: ...
 
 DEFAULT_SERVER = "localhost"
 # The extra field of a stored entry that names its database (never a password: see database_label).
@@ -84,7 +96,7 @@ def remember(store: KeyStore, session: Session, *, server: str, database: str, p
     return entry
 
 
-def tty_login(manager: SessionManager, *, server: str = DEFAULT_SERVER, user: str | None = None,
+def tty_login(manager: Manager, *, server: str = DEFAULT_SERVER, user: str | None = None,
               store: KeyStore | None = None, prompt: _prompt.Prompt = getpass.getpass,
               attempts: int = _prompt.ATTEMPTS) -> Session:
     """Log in from a terminal: a live stored key first, else a password, saving the new key.

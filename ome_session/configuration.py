@@ -1,8 +1,7 @@
 """Configuration: typed, named values stored as jsonb in the ``configuration`` table.
 
-Values are data only: nothing read from the table is ever evaluated (the original read some back
-through Perl's ``Safe``). Every name is declared below with its type and default, so a typo is a
-``ConfigurationError`` instead of a silent ``None``.
+Values are data only: nothing read from the table is ever evaluated. Every name is declared below
+with its type and default, so a typo is a ``ConfigurationError`` instead of a silent ``None``.
 """
 
 from __future__ import annotations
@@ -17,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg.types.json import Jsonb
 
-from . import _permissions
+from . import _fork, _permissions
+from ._conditions import active_admin
 from ._tempfiles import default_root
 from .dbobject import check_json, check_text
 from .errors import ConfigurationError
@@ -64,8 +64,8 @@ _UPSERT = ("INSERT INTO configuration (name, value) VALUES (%s, %s) "
            "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value")
 # The super user must be an active admin when named: written only if that holds, in one statement.
 _UPSERT_SUPER_USER = ("INSERT INTO configuration (name, value) SELECT 'super_user', %(value)s "
-                      "WHERE EXISTS (SELECT 1 FROM experimenters WHERE id = %(id)s AND active AND is_admin "
-                      "AND NOT is_guest) ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value")
+                      f"WHERE EXISTS (SELECT 1 FROM experimenters a WHERE a.id = %(id)s AND {active_admin('a')}) "
+                      "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value")
 # Serialises concurrent installs: the first writes, the others see a non-empty table.
 _LOCK = "LOCK TABLE configuration IN SHARE ROW EXCLUSIVE MODE"
 
@@ -149,10 +149,6 @@ class Configuration:
             return values[name]
         declared = VARIABLES[name].default()
         return declared if declared is not None else default
-
-    def is_set(self, name: str) -> bool:
-        _check(name, None)
-        return name in self._load()
 
     @property
     def tmp_dir(self) -> Path:
@@ -277,6 +273,13 @@ class Configuration:
         if self._uncommitted and not committed:
             self._values = None
         self._uncommitted = False
+
+
+@_fork.at_fork_in_child
+def _new_lock_in_child() -> None:
+    """The process cache is kept across a fork (preloading before forking is its purpose), but its
+    lock is new: a thread of the parent may have held the old one."""
+    Configuration._preload_lock = threading.Lock()
 
 
 def _write(dbh: psycopg.Connection[Any], name: str, value: Any) -> None:

@@ -35,6 +35,14 @@ class SessionIdleError(SessionError):
     """The session is idle: log in again (``create_session``) before using its Factory."""
 
 
+class SessionClosedError(SessionIdleError):
+    """The session was closed for good (``delete_instance``, ``logout``, ``finish_bootstrap``).
+
+    It never reconnects by itself: log in again for a new one. A ``SessionIdleError``, since a
+    closed session, like an idle one, refuses to work until the next login.
+    """
+
+
 class DatabaseUnavailable(SessionError):
     """The database cannot be reached, or the connection broke; the message names where and why."""
 
@@ -75,6 +83,7 @@ __all__ = [
     "IntegrityError",
     "NoSessionError",
     "PermissionDenied",
+    "SessionClosedError",
     "SessionError",
     "SessionIdleError",
     "SessionKeyError",

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from psycopg import sql
 
 from . import _permissions, _query
-from ._connection import DEFAULT_CONNECT_TIMEOUT, Connection
+from ._connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREPARE_THRESHOLD, Connection
 from ._permissions import ROW, TRUSTED, Acl, Principal
 from .dbobject import DBObject, private_column_message, resolve
-from .errors import SessionIdleError
 
 if TYPE_CHECKING:
     import psycopg
@@ -36,38 +35,65 @@ _LOCK_MODES = frozenset({
 
 _ITER_BATCH = 2000
 
+# The savepoints of nested transaction() blocks, named ome_session_<depth>.
+_SAVEPOINT = sql.SQL("SAVEPOINT {}")
+_RELEASE = sql.SQL("RELEASE SAVEPOINT {}")
+_ROLLBACK_TO = sql.SQL("ROLLBACK TO SAVEPOINT {}")
+
+
+class _Owner(Protocol):
+    """Whoever decides whether a Factory may be used: its session (``Session._check``)."""
+
+    def _check(self) -> None: ...
+
+    def _check_may_end_transaction(self, what: str) -> None: ...
+
 
 class Factory:
-    """Database access for one session. Create it through a ``SessionManager``, not directly."""
+    """Database access for one session. Create it through a ``SessionManager``, not directly.
+
+    A Factory has no state of its own to say whether it may be used: a session's Factory asks its
+    session (``Session._check``) on every use; one made directly from a DSN is trusted code and
+    always may, until ``close()``.
+    """
 
     def __init__(self, dsn: str, *, connect_timeout: int = DEFAULT_CONNECT_TIMEOUT,
-                 prepare_threshold: int | None = 5) -> None:
+                 prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD) -> None:
         self._db = Connection(dsn, connect_timeout=connect_timeout, prepare_threshold=prepare_threshold)
-        self._idle = False
+        self._session: _Owner | None = None
         self._cache: weakref.WeakValueDictionary[tuple[Any, ...], DBObject] = weakref.WeakValueDictionary()
         self._configuration: Configuration | None = None
-        # Who acts: trusted code until a login binds a user (see SessionManager).
+        # Who acts: trusted code until a login binds a user (see Session).
         self.principal: Principal = TRUSTED
         # The group new objects of owned classes go to (the user's default group).
         self.group_id: int | None = None
         self._cursor_seq = 0
+        # What was read on a server session that is gone (the connection broke and was replaced)
+        # must not be served as if it were still true.
+        self._db.on_replaced(self._cache.clear)
 
     # -- connection and transaction ------------------------------------------------------------
 
     def obtain_dbh(self) -> psycopg.Connection[Any]:
         """The psycopg connection (autocommit off). Do not close it: the session owns it."""
-        self._check_active()
+        self._check()
         return self._db.raw
 
     def commit_transaction(self) -> None:
-        self._check_active()
+        self._check_may_end("commit_transaction()")
+        self._commit()
+
+    def _commit(self) -> None:
         self._db.commit()
         if self._configuration is not None:
             self._configuration._end_of_transaction(committed=True)
 
     def rollback_transaction(self) -> None:
         """Roll back; objects loaded in the transaction are dropped from the identity cache."""
-        self._check_active()
+        self._check_may_end("rollback_transaction()")
+        self._rollback()
+
+    def _rollback(self) -> None:
         self._cache.clear()
         self._db.rollback()
         if self._configuration is not None:
@@ -77,36 +103,63 @@ class Factory:
     def in_transaction(self) -> bool:
         return self._db.in_transaction
 
-    @property
-    def is_idle(self) -> bool:
-        return self._idle
+    def _check(self) -> None:
+        """The one guard of every use: the session's state decides (see ``Session._check``)."""
+        if self._session is not None:
+            self._session._check()
 
-    def _check_active(self) -> None:
-        """The one place the Factory's state is checked before use."""
-        if self._idle:
-            raise SessionIdleError(
-                "the session is idle: call SessionManager().create_session(...) before using the Factory"
-            )
+    def _check_may_end(self, what: str) -> None:
+        if self._session is not None:
+            self._session._check_may_end_transaction(what)
 
-    def _idle_now(self) -> None:
-        """Between requests: roll back (no round trip when nothing is open), drop the caches."""
-        self._cache.clear()
-        self._db.rollback()
-        if self._configuration is not None:
-            self._configuration._end_of_transaction(committed=False)
-        self._idle = True
+    # -- the session's unit of work (called by the session, through its backend) -------------
 
-    def _revive(self) -> None:
-        """Leave idle; a connection broken while idle (server restart) is replaced."""
-        if not self._db.usable:
-            self._db.close()
-            self._db.open()
-        self._idle = False
+    def _attach(self, session: _Owner) -> None:
+        """``session`` owns this Factory from now on: its state decides what the Factory may do."""
+        self._session = session
 
-    def _reset_for_user(self, principal: Principal, group_id: int | None) -> None:
+    def _begin(self, principal: Principal, group_id: int | None) -> None:
+        """A unit of work begins for ``principal``: nothing of the previous user is kept."""
         self._cache.clear()
         self.principal = principal
         self.group_id = principal.default_group(group_id)
+
+    def _end(self) -> None:
+        """The unit of work ended: roll back (no round trip when nothing is open), drop the caches."""
+        self._rollback()
+
+    def _enter_block(self, depth: int) -> None:
+        """A ``transaction()`` block begins; nested ones (``depth`` > 0) make a savepoint."""
+        if depth:
+            self._savepoint(_SAVEPOINT, depth)
+
+    def _leave_block(self, depth: int, *, commit: bool) -> None:
+        """The block at ``depth`` ends: commit (release its savepoint) or roll back (to it)."""
+        if commit:
+            if depth:
+                self._savepoint(_RELEASE, depth)
+            else:
+                self._commit()
+            return
+        self._cache.clear()
+        if not self._db.usable:
+            return  # the transaction went with the connection: nothing left to roll back
+        if depth:
+            self._savepoint(_ROLLBACK_TO, depth)
+        else:
+            self._rollback()
+
+    def _savepoint(self, statement: sql.SQL, depth: int) -> None:
+        with self._db.errors():
+            self._db.raw.execute(statement.format(sql.Identifier(f"ome_session_{depth}")))
+
+    def _has_uncommitted_changes(self) -> bool:
+        """Whether the open transaction wrote anything (a read-only one may end unnoticed)."""
+        if not self._db.in_transaction:
+            return False
+        with self._db.errors():
+            row = self._db.raw.execute("SELECT pg_current_xact_id_if_assigned() IS NOT NULL").fetchone()
+        return bool(row and row[0])
 
     @property
     def acl(self) -> Acl | None:
@@ -123,16 +176,14 @@ class Factory:
         return self._db
 
     def close(self) -> None:
-        """Roll back and close (in a forked child: discard without touching the parent's backend)."""
+        """Roll back and close, for good (in a forked child nothing reaches the parent's backend)."""
         self._cache.clear()
         self._db.close()
-        self._idle = True
 
     def forget(self) -> None:
-        """Drop the connection without closing it (the parent process owns it)."""
+        """Drop the connection without closing it (whoever holds ``obtain_dbh()`` keeps it)."""
         self._cache.clear()
         self._db.discard()
-        self._idle = True
 
     @property
     def configuration(self) -> Configuration:

@@ -22,9 +22,9 @@ import platformdirs
 from filelock import FileLock
 
 from . import _safefs
-from ._keyfile import OME, OMERO, StoredSession, check_key, check_text, component, read_props
-from ._keys import is_omero_key, key_prefix
-from .backends.omero import DEFAULT_PORT
+from ._keyfile import OME, OMERO, StoredSession, backend_of, check_key, check_text, component, read_props
+from ._keys import key_prefix
+from .backends import registered
 from .errors import ConfigurationError
 
 _log = logging.getLogger(__name__)
@@ -168,8 +168,8 @@ class KeyStore:
         """The on-disk names of an entry, checked so that none can leave its directory."""
         check_text("server", server)
         check_text("user", user)
-        # Ours holds both backends' keys; the omero CLI's store only OMERO's.
-        check_key(key, self._format.backend or ("omero" if is_omero_key(key) else "local"))
+        # Ours holds every backend's keys; the omero CLI's store only OMERO's.
+        check_key(key, self._format.backend or backend_of(key))
         host = quote(server, safe="") if self._format.quote_server else server
         return [component(host), component(user), key]
 
@@ -283,7 +283,7 @@ class OmeroSessionStore(KeyStore):
 
     def _write_current(self, s: StoredSession, parts: Sequence[str]) -> None:
         self._write_in([], "._LASTHOST_", s.server)
-        self._write_in([], "._LASTPORT_", str(s.port or DEFAULT_PORT))  # as the omero CLI records no port
+        self._write_in([], "._LASTPORT_", str(s.port or registered("omero").default_port))  # as the omero CLI does
         self._write_in(parts[:1], "._LASTUSER_", s.user)
         self._write_in(parts[:2], "._LASTSESS_", s.key)
 

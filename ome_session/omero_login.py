@@ -41,16 +41,12 @@ def remember_omero_login(session: Session, store: OmeroSessionStore | None = Non
     """Store an OMERO session in the omero CLI's format and make it current there, so ``omero``
     commands (and ``join_current_omero_login``) use it. ``group`` is the group name to record
     when the session has switched groups since it was made."""
-    from .backends.omero import OmeroBackend
-
-    backend, login = session.backend, session._login
-    if not isinstance(backend, OmeroBackend) or login is None:
+    backend, login = session.backend, session.login
+    if backend.name != "omero" or login is None:
         raise SessionError("only a logged-in OMERO session can be stored in the omero CLI's store")
-    tti = login.extra.get("time_to_idle_ms")
     entry = StoredSession(
         server=backend.options["host"], user=login.user_name, key=login.key, port=backend.options["port"],
-        group=group or login.extra.get("group_name") or None, sudo=login.extra.get("sudoer_name") or None,
-        timeout=tti // 1000 if tti else None, backend="omero",
+        group=group or login.group_name, sudo=login.sudoer_name, timeout=login.idle_timeout, backend="omero",
     )
     (store if store is not None else OmeroSessionStore()).add(entry)
     return entry

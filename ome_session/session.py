@@ -1,8 +1,11 @@
 """The process's one Session: who is logged in, their Factory, transaction and temporary files.
 
 There is at most one Session per process, reached anywhere as ``Session.instance()``. Only a
-``SessionManager`` (logins) and ``Session.bootstrap_instance()`` (installers) create one; replacing
-it is serialised by one lock. A forked child never inherits it (see ``_fork``).
+``SessionManager`` (logins) and ``Session.bootstrap_instance()`` (installers) create one; the
+manager authenticates, the session binds the result. What a session may do is one state
+(``_lifecycle``), changed only by the transitions below (bind, idle, close, forget, the reset after
+a fork) and checked by one guard, ``_check``, that every entry point calls, the Factory's too. A
+forked child never inherits the session: the fork protocol (``_fork``) makes it forget it.
 """
 
 from __future__ import annotations
@@ -10,27 +13,23 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
-import os
 import threading
 import warnings
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from psycopg import sql
-
-from ._principal import Acl
+from . import _fork
+from ._lifecycle import ACTIVE, BOOTSTRAP, CLOSED, IDLE, INHERITED, LIVE, WORK, Inheritance, State, refusal
+from ._session_files import SessionFiles
+from ._session_user import SessionUser
 from ._tempfiles import TempFiles
-from ._tempfiles import reap as _reap_temp
-from .errors import BootstrapError, NoSessionError, SessionError, SessionIdleError
+from ._work import UnitOfWork
+from .errors import BootstrapError, NoSessionError, SessionError
 
 if TYPE_CHECKING:
-    import datetime
-
     from .backends import AuthBackend, Login
     from .configuration import Configuration
     from .factory import Factory
-    from .model import Dataset, Experimenter, Project, UserState
 
 log = logging.getLogger(__name__)
 
@@ -40,70 +39,40 @@ _NOT_PUBLIC = (
 )
 
 
-# The singleton and this process's pid, where Session.instance() reads them with the fewest
-# lookups: it is called everywhere, often in loops. Written only through Session._instance and
-# Session._process_pid (the at-fork hook keeps the pid current, so no getpid() call is needed).
-_current: list[Any] = [None, os.getpid()]
+class _Current:
+    """Where ``Session.instance()`` finds the process's session: one plain object, read with one
+    attribute lookup (it is called everywhere, often in loops)."""
+
+    __slots__ = ("session",)
+
+    def __init__(self) -> None:
+        self.session: Session | None = None
 
 
-class _SessionType(type):
-    """Session's metaclass: ``Session._instance`` and ``_process_pid`` live in ``_current``."""
-
-    @property
-    def _instance(cls) -> Session | None:
-        session: Session | None = _current[0]
-        return session
-
-    @_instance.setter
-    def _instance(cls, session: Session | None) -> None:
-        _current[0] = session
-
-    @property
-    def _process_pid(cls) -> int:
-        pid: int = _current[1]
-        return pid
-
-    @_process_pid.setter
-    def _process_pid(cls, pid: int) -> None:
-        _current[1] = pid
+_current = _Current()  # the process's session (in "process" scope, the only scope there is)
 
 
-class Session(metaclass=_SessionType):
+class Session(SessionUser, SessionFiles):
     """The logged-in session of this process. See the module docstring for how one is made."""
 
-    _lock: ClassVar[threading.RLock] = threading.RLock()
-    _inherited_key: ClassVar[str | None] = None  # the parent's key, for reattach() in a child
-    _inherited_dsn: ClassVar[str | None] = None  # and the database that key lives in
-    _inherited_options: ClassVar[dict[str, Any]] = {}  # and how it was reached (timeouts, prepare)
-    _inherited_backend: ClassVar[tuple[str, dict[str, Any]] | None] = None  # or the remote backend's options
-    _reaped_roots: ClassVar[set[Path]] = set()
+    _lock: ClassVar[threading.RLock] = threading.RLock()  # serialises making and replacing it
+    _inherited: ClassVar[Inheritance | None] = None  # the parent's session, in a forked child
 
-    _factory: Factory | None
-    _backend: AuthBackend | None
-    _login: Login | None
-    _bootstrap: bool
-    _pid: int
+    _state: State
+    _backend: AuthBackend[Any]
+    _login: Login[Any] | None
+    _work: UnitOfWork
     _tempfiles: TempFiles | None
-    _deferred: list[Callable[[], object]]
-    _tx_depth: int
-    _idle: bool
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Session:
         raise SessionError(_NOT_PUBLIC)
 
     @classmethod
-    def _make(cls, *, factory: Factory | None, backend: AuthBackend | None, login: Login | None,
-              bootstrap: bool = False) -> Session:
+    def _make(cls, backend: AuthBackend[Any]) -> Session:
         self = object.__new__(cls)
-        self._factory = factory
-        self._backend = backend
-        self._login = login
-        self._bootstrap = bootstrap
-        self._pid = os.getpid()
-        self._tempfiles = None
-        self._deferred = []
-        self._tx_depth = 0
-        self._idle = False
+        self._state, self._backend, self._login = IDLE, backend, None
+        self._work, self._tempfiles = UnitOfWork(), None
+        _fork.register(self)
         return self
 
     # -- the singleton ---------------------------------------------------------------------------
@@ -111,59 +80,36 @@ class Session(metaclass=_SessionType):
     @staticmethod
     def instance() -> Session:
         """This process's session; ``NoSessionError`` (naming the caller) when there is none."""
-        session = _current[0]
-        # The hot path: the pid the at-fork hook keeps up to date, instead of a getpid() system
-        # call on every access. Forks the hook cannot see are caught by _own_instance() below and,
-        # in any case, by the connection's own pid check before a byte reaches the database.
-        if session is not None and session._pid == _current[1]:
-            return session  # type: ignore[no-any-return]
-        session = Session._own_instance()
-        if session is None:
-            import inspect  # only on this error path: keep `import ome_session` light
+        session = _current.session
+        if session is not None:
+            return session
+        import inspect  # only on this error path: keep `import ome_session` light
 
-            caller = inspect.stack(context=0)[1]
-            raise NoSessionError(
-                f"no session in this process (asked by {caller.function} at {caller.filename}:"
-                f"{caller.lineno}): log in with SessionManager().create_session(...) first"
-            )
-        return session
+        caller = inspect.stack(context=0)[1]
+        raise NoSessionError(
+            f"no session in this process (asked by {caller.function} at {caller.filename}:"
+            f"{caller.lineno}): log in with SessionManager().create_session(...) first"
+        )
 
     @classmethod
     def has_instance(cls) -> bool:
-        return cls._own_instance() is not None
-
-    @classmethod
-    def _own_instance(cls) -> Session | None:
-        """The singleton if this process made it; one inherited through a fork is forgotten.
-
-        The at-fork hook normally did that already; this catches forks it cannot see (``fork()``
-        called from C, as uWSGI does by default).
-        """
-        session = cls._instance
-        if session is not None and session._pid != os.getpid():
-            from ._fork import after_fork_in_child  # _fork imports this module
-
-            after_fork_in_child()
-            return None
-        return session
+        _fork.owned()  # a fork the hook missed: the parent's session is forgotten first
+        return _current.session is not None
 
     @classmethod
     def bootstrap_instance(cls, dsn: str | None = None) -> Session:
         """A session with a Factory and no user, for installers; fails if a session exists."""
         from ._settings import resolve_dsn
-        from .factory import Factory
+        from .backends import registered
 
-        with cls._lock:
-            if cls._instance is not None:
+        with cls._binding() as current:
+            if current is not None:
                 raise BootstrapError("a session already exists in this process: finish or delete it first")
             settings = resolve_dsn(dsn)
-            cls._instance = cls._make(factory=Factory(settings.dsn, **settings.connection_options()),
-                                      backend=None, login=None, bootstrap=True)
-            return cls._instance
-
-    @classmethod
-    def _install(cls, session: Session) -> None:
-        cls._instance = session
+            session = cls._make(registered("local").make(dsn=settings.dsn, **settings.connection_options()))
+            session._begin(session._backend, None)
+            _current.session = session
+            return session
 
     @classmethod
     def idle(cls) -> None:
@@ -172,176 +118,190 @@ class Session(metaclass=_SessionType):
         The connection stays open for the next login; until then the Factory raises
         ``SessionIdleError``. A failing deferred task is logged and idle still completes.
         """
-        session = cls._instance
-        if session is None or session._pid != os.getpid():
-            return
-        session._run_deferred()
-        try:
-            if session._factory is not None:
-                session._factory._idle_now()
-        finally:
-            session._tx_depth = 0
-            session._idle = True
-            session._finish_leftovers()
-            if session._backend is not None:
-                session._backend.idle()
+        session = _current.session
+        if session is not None:
+            session._end()
 
     @classmethod
     def delete_instance(cls, force: bool = False) -> None:
         """Roll back, close the connection, clean temporary files and drop the session."""
+        _fork.owned()
         with cls._lock:
-            session, cls._instance = cls._instance, None
+            session, _current.session = _current.session, None
         if session is None:
             return
         if not force:
             warnings.warn("deleting the process's session (pass force=True to silence this)", stacklevel=2)
-        session._run_deferred()
+        session._work.run_deferred()
         session._close()
 
     @classmethod
     def forget_instance(cls) -> None:
-        """Drop the session without closing what it holds (for a forked child: the parent owns it)."""
+        """Drop the session without closing what it holds (a forked child's parent owns that)."""
         with cls._lock:
-            session, cls._instance = cls._instance, None
+            session, _current.session = _current.session, None
         if session is not None:
             session._forget()
 
-    def _close(self) -> None:
+    # -- the guard -------------------------------------------------------------------------------
+
+    def _check(self, allowed: frozenset[State] = WORK) -> None:
+        """The one guard: raise unless the state allows this kind of use (``_lifecycle``)."""
+        state = self._state
+        if state is not ACTIVE and state not in allowed:
+            raise refusal(state)
+
+    def _check_may_end_transaction(self, what: str) -> None:
+        self._check()
+        self._work.check_outside_blocks(what)
+
+    # -- transitions -----------------------------------------------------------------------------
+
+    @classmethod
+    @contextlib.contextmanager
+    def _binding(cls) -> Iterator[Session | None]:
+        """The process's own session (None if there is none), with logins serialised.
+
+        The start of every login or resume asks the fork protocol once, so a fork the at-fork hook
+        did not see is found here, before anything of the parent's is used.
+        """
+        with cls._lock:
+            _fork.owned()
+            yield _current.session
+
+    @classmethod
+    def _bind(cls, current: Session | None, backend: AuthBackend[Any], login: Login[Any]) -> Session:
+        """``login``, which the manager authenticated on ``backend``, becomes the process's session.
+
+        The current session's unit of work ends first (its open transaction is rolled back, never
+        inherited by the next user), and what it held is closed unless ``backend`` re-uses it. A
+        login session stays the same object with its user replaced; a bootstrap one hands its
+        connection on and is closed.
+        """
+        if current is not None:
+            if current._backend.busy():
+                log.warning("a transaction was left open by %s; rolled back before the next login", current)
+            current._end()
+            if current._backend is not backend:
+                current._backend.close()
+        if current is not None and current._login is not None:
+            session = current
+        else:
+            if current is not None:
+                current._hand_on()
+            session = cls._make(backend)
+        session._begin(backend, login)
+        _current.session = session
+        session._reap_once()
+        return session
+
+    def _begin(self, backend: AuthBackend[Any], login: Login[Any] | None) -> None:
+        """A unit of work begins, ``login``'s or a bootstrap's (None): the one place it does."""
+        self._backend = backend
+        factory = backend.factory
+        if factory is not None:
+            factory._attach(self)
+        if login is not None:
+            backend.begin(login)
+        self._login = login
+        self._work = UnitOfWork()
+        self._state = ACTIVE if login is not None else BOOTSTRAP
+
+    def _end(self) -> None:
+        """The unit of work ends (``idle()``): ACTIVE, BOOTSTRAP or IDLE become IDLE."""
+        if self._state not in LIVE:
+            return
+        work = self._work
+        if work.deferred and not _fork.owned():
+            return  # a fork the hook missed: those tasks are the parent's
+        work.run_deferred()
         try:
-            if self._pid != os.getpid():
-                self._forget()
-                return
+            self._backend.idle()
+        finally:
+            work.end()
+            self._state = IDLE
+            self._finish_leftovers()
+
+    def _close(self) -> None:
+        """Roll back, close the connection (or client) and clean temporary files: CLOSED for good."""
+        if self._state is CLOSED or self._state is INHERITED or not _fork.owned():
+            return
+        self._state = CLOSED
+        try:
             if self._tempfiles is not None:
                 self._tempfiles.close()
-            if self._backend is not None:
-                self._backend.close()
         finally:
-            if self._factory is not None:
-                self._factory.close()
+            self._backend.close()
 
     def _forget(self) -> None:
-        if self._tempfiles is not None:
-            self._tempfiles.forget()
-        if self._backend is not None:
+        """CLOSED without closing anything: whoever else holds the connection keeps it."""
+        if self._state is not CLOSED:
+            self._state = CLOSED
+            if self._tempfiles is not None:
+                self._tempfiles.forget()
             self._backend.forget()
-        if self._factory is not None:
-            self._factory.forget()
+
+    def _hand_on(self) -> None:
+        """A bootstrap session made way for a login, which goes on with its connection."""
+        self._state = CLOSED
+        if self._tempfiles is not None:
+            self._tempfiles.close()
+
+    def _log_out(self) -> None:
+        """Revoke the key for good (the backend rolls an open transaction back first), then close."""
+        _fork.owned()
+        self._check(LIVE)
+        if self._login is not None:
+            self._backend.logout(self._login)
+        with Session._lock:
+            if _current.session is self:
+                _current.session = None
+        self._work.run_deferred()
+        self._close()
+
+    def _reset_after_fork_in_child(self) -> None:
+        if self._state is not CLOSED:
+            self._state = INHERITED
+
+    def _inheritance(self) -> Inheritance | None:
+        if self._login is None:
+            return None
+        return Inheritance(self._login.key, self._backend.name, self._backend.options)
 
     # -- bootstrap -------------------------------------------------------------------------------
 
     def finish_bootstrap(self) -> None:
         """End a bootstrap session; refuses while uncommitted changes exist (nothing is lost silently)."""
-        if not self._bootstrap:
+        if self._login is not None:
             raise BootstrapError("finish_bootstrap() is for bootstrap sessions only")
-        factory = self.factory
-        if factory.in_transaction:
-            with factory._connection.errors():
-                row = factory._connection.raw.execute(
-                    "SELECT pg_current_xact_id_if_assigned() IS NOT NULL").fetchone()
-            if row and row[0]:
-                raise BootstrapError(
-                    "the bootstrap session has uncommitted changes: commit_transaction() or "
-                    "rollback_transaction() before finish_bootstrap()"
-                )
+        self._check(LIVE)
+        if self.factory._has_uncommitted_changes():
+            raise BootstrapError(
+                "the bootstrap session has uncommitted changes: commit_transaction() or "
+                "rollback_transaction() before finish_bootstrap()"
+            )
         with Session._lock:
-            if Session._instance is self:
-                Session._instance = None
+            if _current.session is self:
+                _current.session = None
         self._close()
 
     # -- what the session holds ------------------------------------------------------------------
 
     @property
     def factory(self) -> Factory:
-        if self._factory is None:
-            raise SessionError(f"this {self._backend.name if self._backend else ''} session has no local Factory")
-        return self._factory
+        factory = self._backend.factory
+        if factory is None:
+            raise SessionError(f"this {self._backend.name} session has no local Factory")
+        return factory
 
     @property
     def configuration(self) -> Configuration:
+        self._check(LIVE)
         return self.factory.configuration
 
     @property
-    def backend(self) -> AuthBackend | None:
+    def backend(self) -> AuthBackend[Any]:
         return self._backend
-
-    def _require_login(self) -> Login:
-        if self._login is None:
-            raise SessionError("a bootstrap session has no user: log in through SessionManager")
-        return self._login
-
-    @property
-    def session_key(self) -> str | None:
-        return self._login.key if self._login else None
-
-    @property
-    def experimenter_id(self) -> int | None:
-        return self._login.experimenter_id if self._login else None
-
-    @property
-    def user(self) -> Experimenter | None:
-        if self._login is None:
-            return None
-        return self.factory.load_object("Experimenter", self._login.experimenter_id)  # type: ignore[return-value]
-
-    @property
-    def user_name(self) -> str | None:
-        return self._login.user_name if self._login else None
-
-    @property
-    def user_state(self) -> UserState | None:
-        if self._login is None:
-            return None
-        return self.factory.load_object("UserState", self._login.experimenter_id)  # type: ignore[return-value]
-
-    @property
-    def project(self) -> Project | None:
-        state = self.user_state
-        return state.project if state is not None else None
-
-    @project.setter
-    def project(self, value: Project | None) -> None:
-        self._set_state("project", value)
-
-    @property
-    def dataset(self) -> Dataset | None:
-        state = self.user_state
-        return state.dataset if state is not None else None
-
-    @dataset.setter
-    def dataset(self, value: Dataset | None) -> None:
-        self._set_state("dataset", value)
-
-    def _set_state(self, name: str, value: Any) -> None:
-        """Kept in ``user_states`` with the current unit of work: commit to persist it."""
-        state = self.user_state
-        if state is None:
-            state = self.factory.new_object("UserState", experimenter=self._require_login().experimenter_id)  # type: ignore[assignment]
-            assert state is not None
-        setattr(state, name, value)
-        state.store()
-        login = self._require_login()
-        login.project_id = state.values().get("project_id")
-        login.dataset_id = state.values().get("dataset_id")
-
-    @property
-    def host(self) -> str | None:
-        return self._login.host if self._login else None
-
-    @property
-    def started(self) -> datetime.datetime | None:
-        return self._login.started if self._login else None
-
-    @property
-    def last_access(self) -> datetime.datetime | None:
-        return self._login.last_access if self._login else None
-
-    @property
-    def acl(self) -> Acl | None:
-        return self._login.acl if self._login else None
-
-    @property
-    def sudo_by(self) -> int | None:
-        return self._login.sudo_by if self._login else None
 
     @property
     def gateway(self) -> Any:
@@ -351,51 +311,26 @@ class Session(metaclass=_SessionType):
         work. ``SessionError`` for a session of another backend.
         """
         login = self._require_login()
-        self._check_active()
-        gateway = getattr(self._backend, "gateway", None)
-        if gateway is None:
-            raise SessionError("only an OMERO session has a gateway: log in with SessionManager(backend='omero', ...)")
-        return gateway(login)
-
-    def set_group(self, group: str | int) -> None:
-        """Switch the session's group (a name or id of one of the user's groups).
-
-        For OMERO also ``-1``: every group the user can read, until the next ``idle()``. For the
-        local backend this makes the group the user's primary group (``_maintenance.switch_group``).
-        """
-        login = self._require_login()
-        self._check_active()
-        switch = getattr(self._backend, "set_group", None)
-        if switch is not None:
-            switch(login, group)
-            return
-        from . import _maintenance
-
-        _maintenance.switch_group(self, str(group))
-
-    def is_guest_session(self) -> bool:
-        return bool(self._login and self._login.is_guest)
-
-    def is_su_session(self) -> bool:
-        """Whether the session's user is the super user (never raises, unlike the original)."""
-        return bool(self._login and self._login.is_super)
+        self._check()
+        return self._backend.gateway(login)
 
     def is_bootstrap(self) -> bool:
-        return self._bootstrap
+        return self._login is None
 
     def is_idle(self) -> bool:
-        return self._idle
+        """Whether the session refuses work until the next login (idle, closed or inherited)."""
+        return self._state is not ACTIVE and self._state is not BOOTSTRAP
+
+    @property
+    def closed(self) -> bool:
+        """Closed for good (``delete_instance``, ``logout``, ...): it never reconnects."""
+        return self._state is CLOSED
 
     def keep_alive(self) -> None:
         """Slide the idle expiry of this session's key; ``SessionKeyError`` once it is dead."""
         login = self._require_login()
-        self._check_active()
-        assert self._backend is not None
+        self._check()
         self._backend.touch(login)
-
-    def _check_active(self) -> None:
-        if self._idle:
-            raise SessionIdleError("the session is idle: log in again with SessionManager().create_session(...)")
 
     # -- transactions ----------------------------------------------------------------------------
 
@@ -407,114 +342,47 @@ class Session(metaclass=_SessionType):
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Session]:
-        """Commit on success, roll back on an exception; nested use makes a savepoint."""
+        """Commit on success, roll back on an exception; nested use makes a savepoint.
+
+        Inside a block the block decides: ``commit_transaction()`` and ``rollback_transaction()``
+        raise ``SessionError`` there.
+        """
         factory = self.factory
-        dbh = factory.obtain_dbh()
-        depth = self._tx_depth
-        self._tx_depth += 1
-        savepoint = sql.Identifier(f"ome_session_{depth}")
-        try:
-            if depth:
-                with factory._connection.errors():
-                    dbh.execute(sql.SQL("SAVEPOINT {}").format(savepoint))
+        self._check()
+        with self._work.transaction(factory):
             yield self
-        except BaseException:
-            self._tx_depth = depth
-            if depth:
-                factory._cache.clear()
-                if factory._connection.usable:
-                    with factory._connection.errors():
-                        dbh.execute(sql.SQL("ROLLBACK TO SAVEPOINT {}").format(savepoint))
-            elif factory._connection.usable:
-                factory.rollback_transaction()
-            raise
-        self._tx_depth = depth
-        if depth:
-            with factory._connection.errors():
-                dbh.execute(sql.SQL("RELEASE SAVEPOINT {}").format(savepoint))
-        else:
-            factory.commit_transaction()
 
     def defer(self, fn: Callable[[], object]) -> None:
         """Run ``fn`` after the current unit of work, before ``idle()`` cleans up."""
-        if not callable(fn):
-            raise TypeError(f"defer() takes a callable, not {type(fn).__name__}")
-        self._deferred.append(fn)
-
-    def _run_deferred(self) -> None:
-        tasks, self._deferred = self._deferred, []
-        for task in tasks:
-            try:
-                task()
-            except Exception:
-                log.exception("a deferred task failed (%r); going on", task)
-
-    # -- temporary files -------------------------------------------------------------------------
-
-    def _temp(self) -> TempFiles:
-        if self._tempfiles is None:
-            root = None
-            if self._factory is not None:
-                configured = self._factory.configuration.get("tmp_dir")
-                root = Path(configured) if configured else None
-            self._tempfiles = TempFiles(root)
-        return self._tempfiles
-
-    def _reap_once(self) -> None:
-        """At the first login of a process: remove the temporary directories of dead processes."""
-        root = self._temp().root
-        if root in Session._reaped_roots:
-            return
-        Session._reaped_roots.add(root)
-        try:
-            removed = _reap_temp(root)
-        except (OSError, SessionError) as exc:
-            log.warning("could not reap temporary directories under %s: %s", root, exc)
-            return
-        if removed:
-            log.info("removed %d temporary directories of dead processes under %s", len(removed), root)
-
-    def get_temporary_filename(self, prog_name: str = "ome", extension: str = "tmp") -> Path:
-        """A new, empty file (0600) of this process, removed by ``finish_temporary_file`` or idle."""
-        return self._temp().new_file(prog_name, extension)
-
-    def get_scratch_dir(self, prog_name: str = "ome", extension: str = "dir") -> Path:
-        """A new directory (0700) of this process, removed with its contents when finished."""
-        return self._temp().new_dir(prog_name, extension)
-
-    def finish_temporary_file(self, path: str | os.PathLike[str]) -> None:
-        """Remove a file or scratch dir this process created; anything else raises ValueError."""
-        self._temp().finish(path)
-
-    def temporary_file(self, prog_name: str = "ome", extension: str = "tmp") -> contextlib.AbstractContextManager[Path]:
-        return self._temp().file(prog_name, extension)
-
-    def scratch_dir(self, prog_name: str = "ome", extension: str = "dir") -> contextlib.AbstractContextManager[Path]:
-        return self._temp().scratch_dir(prog_name, extension)
-
-    def _finish_leftovers(self) -> None:
-        if self._tempfiles is None:
-            return
-        left = self._tempfiles.finish_all()
-        if left:
-            warnings.warn(f"idle() removed {len(left)} temporary file(s) left unfinished: "
-                          f"{', '.join(str(p) for p in left[:5])}", stacklevel=3)
+        self._check(LIVE)
+        self._work.defer(fn)
 
     def __repr__(self) -> str:
-        who = "bootstrap" if self._bootstrap else (self._login.user_name if self._login else "?")
-        return f"<Session {who}{' idle' if self._idle else ''}>"
+        who = "bootstrap" if self._login is None else self._login.user_name
+        return f"<Session {who} {self._state.value}>"
+
+
+def inherited() -> Inheritance | None:
+    """The session this process inherited from the one it was forked from, if any."""
+    return Session._inherited
+
+
+@_fork.at_fork_in_child
+def _forget_in_child() -> None:
+    """The fork protocol's reset of the singleton: the child has no session, only what it takes to
+    log in again. A fresh lock: a thread of the parent may have held the old one."""
+    Session._lock = threading.RLock()
+    session, _current.session = _current.session, None
+    if session is not None:
+        Session._inherited = session._inheritance()
 
 
 def _close_at_exit() -> None:
     """Interpreter exit: the owning process rolls back and closes; a child touches nothing."""
-    session = Session._instance
-    if session is None:
-        return
-    Session._instance = None
-    if session._pid == os.getpid():
+    _fork.owned()  # a fork the hook missed: the parent's session is let go of first
+    session, _current.session = _current.session, None
+    if session is not None:
         session._close()
-    else:
-        session._forget()
 
 
 atexit.register(_close_at_exit)

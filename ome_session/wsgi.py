@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
+from . import _fork
 from .errors import DatabaseUnavailable, SessionKeyError
 from .manager import SessionManager
 from .session import Session
@@ -53,13 +53,10 @@ _COOKIE_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+")  # RF
 _request_lock = threading.Lock()
 
 
+@_fork.at_fork_in_child
 def _new_lock_in_child() -> None:
     global _request_lock  # noqa: PLW0603  (a lock held by a parent's thread would never be released here)
     _request_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 class SessionMiddleware:

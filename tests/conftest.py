@@ -81,7 +81,7 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         Session.delete_instance(force=True)
-    Session._inherited_key = None
+    Session._inherited = None
     Configuration.flush()
 
 

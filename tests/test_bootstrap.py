@@ -137,6 +137,14 @@ def test_the_environment_overrides_the_settings_file(people: People, monkeypatch
     assert SessionManager().create_session("bob", "bob-password").user_name == "bob"
 
 
+def test_a_settings_file_naming_an_unknown_backend_is_refused_naming_the_known_ones() -> None:
+    path = settings_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"backend": "ldap", "dsn": "dbname=ome"}))
+    with pytest.raises(ConfigurationError, match="local, omero"):
+        SessionManager().create_session("alice", "x")
+
+
 def test_nothing_configured_says_how_to_install() -> None:
     with pytest.raises(ConfigurationError, match="ome-session install"):
         SessionManager().create_session("alice", "x")

@@ -34,7 +34,7 @@ import omero.clients
 from omero.util.sessions import SessionsStore
 
 from ome_session import Session, SessionManager
-from ome_session.backends.local import _BAD_LOGIN
+from ome_session.backends import BAD_LOGIN
 from ome_session.backends.omero import OmeroBackend
 from ome_session.backends.omero._parking import OPEN as OPEN_CLIENTS
 from ome_session.errors import (
@@ -46,6 +46,7 @@ from ome_session.errors import (
     SessionError,
     SessionKeyError,
 )
+from ome_session._settings import Settings, write_settings
 from ome_session.keystore import OmeroSessionStore
 from ome_session.omero_login import join_current_omero_login, remember_omero_login
 from tests.helpers import People, wait_for
@@ -72,7 +73,7 @@ def _nothing_left_open() -> Iterator[None]:
     """After every test the session is closed and no omero.client of ours is left open."""
     yield
     Session.delete_instance(force=True)
-    Session._inherited_backend = None
+    Session._inherited = None
     assert list(OPEN_CLIENTS) == []
 
 
@@ -135,7 +136,7 @@ def test_login_creates_a_server_session_named_by_the_key(server: StandinInfo) ->
     held = live(server)[session.session_key]
     assert (held["user"], held["refcount"]) == ("alice", 1)
     assert session.user_name == "alice"
-    assert session._login is not None and session._login.group_id == held["group_id"]
+    assert session.login is not None and session.login.group_id == held["group_id"]
     assert session.gateway.getEventContext().userId == session.experimenter_id
     assert session.started is not None and session.acl is None
     assert not (session.is_su_session() or session.is_guest_session())
@@ -143,7 +144,7 @@ def test_login_creates_a_server_session_named_by_the_key(server: StandinInfo) ->
 
 def test_full_admin_is_su_session_and_guest_is_guest_session(server: StandinInfo) -> None:
     admin = manager(server).create_session("boss", "boss-pw")
-    assert admin.is_su_session() and admin._login is not None and admin._login.is_admin
+    assert admin.is_su_session() and admin.login is not None and admin.login.is_admin
 
     guest = manager(server).create_session("guest", "any password")
     assert guest.is_guest_session() and not guest.is_su_session()
@@ -156,7 +157,7 @@ def test_wrong_password_is_the_local_message_and_changes_nothing(server: Standin
     with pytest.raises(AuthenticationError) as raised:
         manager(server).create_session("bob", "not-bobs")
 
-    assert str(raised.value) == _BAD_LOGIN
+    assert str(raised.value) == BAD_LOGIN
     assert Session.instance() is alice and alice.session_key == key and alice.user_name == "alice"
     assert uuids_of(server, "bob") == bobs
     assert alice.gateway.getUser().getName() == "alice"
@@ -177,6 +178,24 @@ def test_unreachable_server_is_database_unavailable_naming_host_and_port() -> No
 def test_omero_manager_without_a_server_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="host="):
         SessionManager(backend="omero").create_session("alice", "alice-pw")
+
+
+def test_a_manager_told_nothing_logs_in_with_the_settings_files_backend(server: StandinInfo) -> None:
+    write_settings(Settings(dsn="", source="test", backend="omero",
+                            extra={"omero": {"host": server.host, "port": server.port,
+                                             "client_args": list(server.client_args)}}))
+    session = SessionManager().create_session("alice", "alice-pw")
+
+    assert session.backend.name == "omero" and session.session_key in live(server)
+    with pytest.raises(SessionError, match="no local Factory"):
+        session.factory  # noqa: B018
+
+
+def test_a_settings_file_naming_the_omero_backend_but_no_server_says_what_is_missing() -> None:
+    write_settings(Settings(dsn="", source="test", backend="omero"))
+    with pytest.raises(ConfigurationError, match="needs its server"):
+        SessionManager().create_session("alice", "alice-pw")
+    assert not Session.has_instance()
 
 
 @pytest.mark.parametrize("key", [
@@ -287,9 +306,9 @@ def test_logged_out_key_is_refused(server: StandinInfo) -> None:
 def drop_connection(server: StandinInfo, session: Session) -> None:
     """Cut the client's connection, as a network hiccup or a router timeout would; the server
     then drops the client's router session (the OMERO session lives on, detached)."""
-    assert session._login is not None
+    assert session.login is not None
     key = session.session_key
-    session._login.extra["client"].getSession().ice_getConnection().close(True)
+    session.login.handle.client.getSession().ice_getConnection().close(True)
     wait_for("the server to drop the client's router session", lambda: live(server)[key]["refcount"] == 0)
 
 
@@ -370,7 +389,7 @@ def test_set_group_by_name_switches_the_whole_session(server: StandinInfo, closi
 
     session.set_group("imaging")
 
-    assert session._login is not None and session._login.group_id == imaging
+    assert session.login is not None and session.login.group_id == imaging
     assert live(server)[session.session_key]["group_id"] == imaging
     assert session.gateway.getEventContext().groupName == "imaging"
 
@@ -378,7 +397,7 @@ def test_set_group_by_name_switches_the_whole_session(server: StandinInfo, closi
 def test_set_group_by_id_and_the_group_option(server: StandinInfo, closing: ExitStack) -> None:
     imaging, lab = group_id(server, closing, "imaging"), group_id(server, closing, "lab")
     session = manager(server, group="imaging").create_session("alice", "alice-pw")
-    assert session._login is not None and session._login.group_id == imaging
+    assert session.login is not None and session.login.group_id == imaging
 
     session.set_group(lab)
 
@@ -388,14 +407,14 @@ def test_set_group_by_id_and_the_group_option(server: StandinInfo, closing: Exit
 def test_all_groups_context_lasts_until_idle(server: StandinInfo) -> None:
     m = manager(server)
     session = m.create_session("alice", "alice-pw")
-    own = session._login.group_id if session._login else None
+    own = session.login.group_id if session.login else None
 
     session.set_group(-1)
     assert session.gateway.getAdminService().getEventContext().groupId == -1
 
     Session.idle()
     session = m.create_session(key=session.session_key)
-    assert session._login is not None and session._login.group_id == own
+    assert session.login is not None and session.login.group_id == own
     assert session.gateway.getAdminService().getEventContext().groupId == own
 
 

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from ome_session import Session, SessionManager
-from ome_session.errors import NoSessionError, SessionError, SessionIdleError
+from ome_session.errors import (
+    NoSessionError,
+    SessionClosedError,
+    SessionError,
+    SessionIdleError,
+    TransactionLost,
+)
 from tests.helpers import People, backend_pid, login, query, wait_for
 
 
@@ -137,6 +143,68 @@ def test_delete_instance_warns_unless_forced_and_closes(people: People) -> None:
     Session.delete_instance(force=True)  # no session: nothing happens
 
 
+def _other_connections(dsn: str) -> int:
+    """Connections to the database other than the one asking, counted by the server."""
+    rows = query(dsn, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                      "AND pid <> pg_backend_pid()")
+    return int(rows[0][0])
+
+
+def test_a_session_kept_after_delete_instance_is_closed_and_never_reconnects(people: People) -> None:
+    session = login(people)
+    key = session.session_key
+    Session.delete_instance(force=True)
+    wait_for("the closed session's connection to end", lambda: _other_connections(people.dsn) == 0)
+    assert session.closed and session.is_idle()
+    for use in (session.keep_alive, lambda: session.factory.find_objects("Project"), session.commit_transaction,
+                lambda: session.transaction().__enter__(), lambda: session.configuration,
+                lambda: session.get_temporary_filename(), lambda: session.defer(print), lambda: session.set_group("lab_a")):
+        with pytest.raises(SessionClosedError, match="closed"):
+            use()
+    assert _other_connections(people.dsn) == 0  # nothing opened a connection again
+    assert session.session_key == key  # what it was stays readable
+    assert query(people.dsn, "SELECT closed_at IS NULL FROM ome_sessions") == [(True,)]  # the key was not revoked
+
+
+def test_a_logged_out_session_refuses_to_be_logged_out_or_used_again(people: People) -> None:
+    session = login(people)
+    SessionManager(people.dsn).logout(session)
+    assert session.closed and not Session.has_instance()
+    with pytest.raises(SessionClosedError):
+        SessionManager(people.dsn).logout(session)
+    with pytest.raises(SessionClosedError):
+        session.keep_alive()
+
+
+@pytest.mark.parametrize("end", ["commit_transaction", "rollback_transaction"])
+@pytest.mark.parametrize("where", ["session", "factory"])
+def test_ending_the_transaction_by_hand_inside_a_transaction_block_is_refused(people: People, end: str,
+                                                                               where: str) -> None:
+    session = login(people)
+    target = session if where == "session" else session.factory
+    with session.transaction():
+        session.factory.new_object("Project", name="outer")
+        with pytest.raises(SessionError, match="transaction"):
+            getattr(target, end)()  # in the outermost block
+        with session.transaction():
+            session.factory.new_object("Project", name="inner")
+            with pytest.raises(SessionError, match="savepoint"):
+                getattr(target, end)()  # in a nested one
+        assert query(people.dsn, "SELECT count(*) FROM projects") == [(0,)]  # nothing was committed early
+    assert sorted(n for (n,) in query(people.dsn, "SELECT name FROM projects")) == ["inner", "outer"]
+    getattr(target, end)()  # outside every block it is the caller's to end
+
+
+def test_objects_of_a_transaction_lost_with_its_connection_are_not_served_from_memory(people: People) -> None:
+    session = login(people)
+    project = session.factory.new_object("Project", name="never committed")
+    query(people.dsn, "SELECT pg_terminate_backend(%s)", backend_pid(session))
+    with pytest.raises(TransactionLost):
+        session.factory.find_objects("Project")
+    assert session.factory.load_object("Project", project.id) is None  # read again, on a new connection
+    assert query(people.dsn, "SELECT count(*) FROM projects") == [(0,)]
+
+
 def test_forget_instance_drops_the_session_without_closing(people: People) -> None:
     session = login(people)
     dbh = session.factory.obtain_dbh()  # held, as a caller of obtain_dbh() would
@@ -144,6 +212,9 @@ def test_forget_instance_drops_the_session_without_closing(people: People) -> No
     Session.forget_instance()
     assert not Session.has_instance()
     assert query(people.dsn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", backend) == [(1,)]
+    assert session.closed  # and the forgotten object refuses from now on
+    with pytest.raises(SessionClosedError):
+        session.factory.find_objects("Project")
 
 
 def test_project_and_dataset_persist_across_logins(people: People) -> None:

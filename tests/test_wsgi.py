@@ -111,8 +111,8 @@ def _cookie_of(response: Response) -> str:
 
 
 def _assert_idle(dsn: str) -> None:
-    session = Session._instance
-    assert session is not None and session.is_idle()
+    session = Session.instance()
+    assert session.is_idle()
     assert not session.factory.in_transaction
     assert query(dsn, "SELECT state FROM pg_stat_activity WHERE pid = %s", backend_pid(session)) == [("idle",)]
 
@@ -329,7 +329,7 @@ def test_resuming_a_session_costs_one_round_trip(people: People) -> None:
 
     for _ in range(8):  # past psycopg's prepare threshold, which costs one extra trip once
         assert _call(app, environ()).status == 204
-    pgconn: Any = Session._instance._factory._connection.raw.pgconn  # type: ignore[union-attr]
+    pgconn: Any = Session.instance().factory._connection.raw.pgconn
     with tempfile.TemporaryFile("w+") as trace:
         pgconn.trace(trace.fileno())
         pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)

@@ -16,14 +16,13 @@ whoami), ``_sessions``, ``_setup`` (install, db, tmp reap), ``_exits`` (the exit
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 import traceback
 from collections.abc import Sequence
 
-from ..errors import ConfigurationError
+from .._settings import configured_backend
 from ._context import BACKEND_ENV, BACKENDS, Context, LocalContext
 from ._exits import exit_code
 from ._output import one_line
@@ -49,27 +48,10 @@ def _backend(args: argparse.Namespace) -> str:
         return "local"
     chosen = args.backend or os.environ.get(BACKEND_ENV)
     if chosen is None:
-        return _settings_backend() or "local"
+        return configured_backend() or "local"
     if chosen not in BACKENDS:
         raise ValueError(f"{BACKEND_ENV} must be one of {', '.join(BACKENDS)}, not {chosen!r}")
     return str(chosen)
-
-
-def _settings_backend() -> str | None:
-    """The ``backend`` of the settings file, if there is one that says; an unreadable file is
-    left to the database lookup, which explains what is wrong with it."""
-    from .._settings import SYSTEM_SETTINGS, settings_path
-
-    path = next((p for p in (settings_path(), SYSTEM_SETTINGS) if p.exists()), None)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8")) if path is not None else None
-    except (OSError, ValueError):
-        return None
-    chosen = data.get("backend") if isinstance(data, dict) else None
-    if chosen is not None and chosen not in BACKENDS:
-        raise ConfigurationError(f"settings file {path}: backend must be one of {', '.join(BACKENDS)}, "
-                                 f"not {chosen!r}")
-    return chosen
 
 
 class _Formatter(logging.Formatter):

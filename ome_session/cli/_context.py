@@ -16,7 +16,7 @@ from functools import cached_property
 from typing import ClassVar
 
 from .. import _maintenance, _tty
-from .._maintenance import GroupInfo
+from ..backends import NAMES, GroupInfo
 from ..errors import NoSessionError, SessionKeyError
 from ..keystore import KeyStore, StoredSession
 from ..manager import SessionManager
@@ -25,7 +25,7 @@ from . import _output
 
 BACKEND_ENV = "OME_SESSION_BACKEND"
 OMERO_ARGS_ENV = "OME_SESSION_OMERO_ARGS"  # Ice arguments for each omero.client, shell-quoted
-BACKENDS = ("local", "omero")
+BACKENDS = NAMES
 
 
 @dataclass(frozen=True)
@@ -130,19 +130,20 @@ class Context(ABC):
 
     # -- what a session is -----------------------------------------------------------------------
 
-    @abstractmethod
-    def groups(self, session: Session) -> list[GroupInfo]: ...
-
-    @abstractmethod
     def switch_group(self, session: Session, group: str) -> GroupInfo | None:
         """Make ``group`` (a name or id) the session's; the group, as the server now knows it."""
+        switched = session.set_group(group)
+        return switched or next((g for g in session.groups() if g.current), None)
 
-    @abstractmethod
-    def role(self, session: Session) -> str: ...
+    def role(self, session: Session) -> str:
+        login = session.login
+        assert login is not None
+        return "super user" if login.is_super else "admin" if login.is_admin else "user"
 
     def sudoer(self, session: Session, entry: StoredSession) -> str | None:
         """The name of who opened the session for its user, if known."""
-        return entry.sudo
+        login = session.login
+        return (login.sudoer_name if login is not None else None) or entry.sudo
 
 
 class LocalContext(Context):
@@ -198,15 +199,6 @@ class LocalContext(Context):
 
     def remember(self, session: Session, target: Target, *, group: str | None, sudo: str | None) -> StoredSession:
         if group is None:
-            group = next((g.name for g in _maintenance.user_groups(session) if g.current), None)
+            group = next((g.name for g in session.groups() if g.current), None)
         return _tty.remember(self.store, session, server=target.server, database=self.database,
                              port=target.port, group=group, sudo=sudo)
-
-    def groups(self, session: Session) -> list[GroupInfo]:
-        return _maintenance.user_groups(session)
-
-    def switch_group(self, session: Session, group: str) -> GroupInfo:
-        return _maintenance.switch_group(session, group)
-
-    def role(self, session: Session) -> str:
-        return "super user" if session.is_su_session() else "admin" if _maintenance.is_admin(session) else "user"

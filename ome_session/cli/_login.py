@@ -135,7 +135,7 @@ def logout(ctx: Context) -> int:
 
 def whoami(ctx: Context) -> int:
     session, entry = ctx.current()
-    groups = ctx.groups(session)
+    groups = session.groups()
     names = ", ".join(g.name + "".join(f" ({m})" for m, on in (("current", g.current), ("leader", g.leads)) if on)
                       for g in groups)
     rows = [("user", f"{session.user_name} (id {session.experimenter_id}, {ctx.role(session)})"),

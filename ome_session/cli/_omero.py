@@ -19,9 +19,9 @@ from contextlib import suppress
 from functools import cached_property
 from typing import ClassVar
 
-from .._maintenance import GroupInfo
 from .._tty import DEFAULT_SERVER
-from ..backends.omero import DEFAULT_PORT, OmeroBackend
+from ..backends import GroupInfo
+from ..backends.omero import DEFAULT_PORT
 from ..errors import SessionError
 from ..keystore import OmeroSessionStore, StoredSession
 from ..manager import SessionManager
@@ -101,38 +101,21 @@ class OmeroContext(Context):
         return self._manager(target.server, target.port, secure=not self.args.insecure)
 
     def end_key(self, session: Session, key: str) -> None:
-        backend = _backend_of(session)
+        backend = session.backend
         with suppress(SessionError):
             backend.logout(backend.resume(key))
 
     def remember(self, session: Session, target: Target, *, group: str | None, sudo: str | None) -> StoredSession:
         return remember_omero_login(session, self.store, group=group)
 
-    def groups(self, session: Session) -> list[GroupInfo]:
-        login = session._login
-        assert login is not None
-        return _backend_of(session).groups(login)
-
     def switch_group(self, session: Session, group: str) -> GroupInfo | None:
-        session.set_group(_one_group(group))
-        return next((g for g in self.groups(session) if g.current), None)
+        return super().switch_group(session, _one_group(group))
 
     def role(self, session: Session) -> str:
-        login = session._login
+        login = session.login
         assert login is not None
         return ("full admin" if login.is_super else "admin" if login.is_admin
                 else "guest" if login.is_guest else "user")
-
-    def sudoer(self, session: Session, entry: StoredSession) -> str | None:
-        login = session._login
-        return (login.extra.get("sudoer_name") if login is not None else None) or entry.sudo
-
-
-def _backend_of(session: Session) -> OmeroBackend:
-    backend = session.backend
-    if not isinstance(backend, OmeroBackend) or session._login is None:
-        raise SessionError("not an OMERO session")
-    return backend
 
 
 def _one_group(group: str) -> str:

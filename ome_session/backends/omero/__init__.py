@@ -17,9 +17,10 @@ re-used and released:
 
 No Ice exception leaves a public call: ``_errors`` maps each to ours. The modules: ``_config``
 (what a backend is made from), ``_ice`` (the omero-py imports), ``_errors`` (calls to the server
-and their errors), ``_client`` (what a client tells of its session), ``_groups`` (groups and the
-BlitzGateway), ``_parking`` (fork safety), ``_keepalive`` (the ping thread), ``_backend`` (the
-verbs). Only ``_config`` can be imported without the extra: it is what the key store needs.
+and their errors), ``_handle`` (the backend's part of a Login: the client), ``_client`` (what a
+client tells of its session), ``_groups`` (groups and the BlitzGateway), ``_parking`` (fork
+safety), ``_keepalive`` (the ping thread), ``_backend`` (the verbs). Only ``_config`` can be
+imported without the extra: it is what the registry needs (the default port).
 """
 
 from __future__ import annotations
@@ -34,12 +35,12 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     # The backend itself needs omero-py and Ice: import them on first use only, so that the
-    # package's configuration can be read (the default port, by the key store) without the extra.
-    if name == "OmeroBackend":
+    # package's configuration can be read (the default port, by the registry) without the extra.
+    if name in ("OmeroBackend", "BACKEND"):
         from ._backend import OmeroBackend
 
         return OmeroBackend
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["DEFAULT_PORT", "OmeroBackend"]
+__all__ = ["BACKEND", "DEFAULT_PORT", "OmeroBackend"]

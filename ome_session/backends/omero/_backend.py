@@ -4,30 +4,29 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 import threading
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ... import _fork
 from ..._keys import validate_omero_key
 from ...errors import AuthenticationError, ConfigurationError, PermissionDenied, SessionError, SessionKeyError
-from .. import AuthBackend, Login
-from ..local import _BAD_LOGIN, _plausible
+from .. import BAD_LOGIN, AuthBackend, GroupInfo, Login, plausible
 from . import _client, _groups, _parking
 from ._config import DEFAULT_PORT, Config
 from ._errors import BAD_KEY, Detached, Remote, describe, ending
+from ._handle import OmeroHandle
 from ._ice import Ice, omero, unwrap
 from ._keepalive import KeepAlive
 
-if TYPE_CHECKING:
-    from ..._maintenance import GroupInfo
-
 log = logging.getLogger(__name__)
 
+OmeroLogin = Login[OmeroHandle]
 
-class OmeroBackend(AuthBackend):
+
+class OmeroBackend(AuthBackend[OmeroHandle]):
     """Logins against an OMERO.server (Glacier2 router at ``host``:``port``).
 
     ``keepalive`` (seconds) pings the active session from a daemon thread; ``group`` (name, id, or
@@ -46,30 +45,40 @@ class OmeroBackend(AuthBackend):
                               sudo_ttl, call_timeout)
         self._remote = Remote(self._config)
         self._reset()
+        _fork.register(self)
 
     def _reset(self) -> None:
-        self._pid = os.getpid()
         self._lock = threading.RLock()
         self._clients: set[Any] = set()  # opened here and not closed yet
-        self._current: Login | None = None  # the process's login; its client stays for re-use
+        self._current: OmeroLogin | None = None  # the process's login; its client stays for re-use
         interval = self._config.keepalive
         self._keepalive = KeepAlive(interval, self._keep) if interval else None
 
+    def _reset_after_fork_in_child(self) -> None:
+        """Park the parent's clients (and a gateway the user may still hold), send nothing, and
+        start afresh. The lock is not taken: a thread of the parent may have held it."""
+        for client in list(self._clients):
+            _parking.park(client)
+        if self._current is not None and self._current.handle.gateway is not None:
+            _parking.park_gateway(self._current.handle.gateway)
+        self._reset()
+
+    # -- where it is -----------------------------------------------------------------------------
+
     @property
     def options(self) -> dict[str, Any]:
-        """The keyword arguments that make this backend again (what a forked child inherits)."""
         return asdict(self._config)
+
+    def serves(self, options: dict[str, Any]) -> bool:
+        try:
+            return Config(**options) == self._config
+        except (TypeError, ValueError):
+            return False
 
     @property
     def last_keepalive(self) -> float | None:
         """``time.monotonic()`` of the keepalive thread's last successful ping (None: none yet)."""
         return self._keepalive.last_ping if self._keepalive else None
-
-    def serves(self, name: str, options: dict[str, Any]) -> bool:
-        try:
-            return name == self.name and Config(**options) == self._config
-        except (TypeError, ValueError):
-            return False
 
     def validate_key(self, key: object) -> str:
         """A session UUID, in any letter case (OMERO issues lowercase; that form is returned)."""
@@ -77,26 +86,24 @@ class OmeroBackend(AuthBackend):
 
     # -- verbs -----------------------------------------------------------------------------------
 
-    def login(self, username: str, password: str, *, host: str | None, agent: str | None) -> Login:
-        if not _plausible(username) or not _plausible(password):
-            raise AuthenticationError(_BAD_LOGIN)
-        self._check_pid()
+    def login(self, username: str, password: str, *, host: str | None, agent: str | None) -> OmeroLogin:
+        if not plausible(username) or not plausible(password):
+            raise AuthenticationError(BAD_LOGIN)
         client = self._new_client(agent)
         try:
-            with self._remote("log in", denied=AuthenticationError(_BAD_LOGIN)):
+            with self._remote("log in", denied=AuthenticationError(BAD_LOGIN)):
                 client.createSession(username, password)
         except BaseException:
             self._close_client(client)
             raise
         return self._attached(client, client.getSessionId(), host=host, sudo_by=None, configure=True)
 
-    def resume(self, key: str) -> Login:
+    def resume(self, key: str) -> OmeroLogin:
         key = self.validate_key(key)
-        self._check_pid()
         with self._lock:
             current = self._current
         reusable = self._config.reuse_client and current is not None and hmac.compare_digest(current.key, key)
-        if reusable and current is not None and current.extra.get("client") is not None:
+        if reusable and current is not None and current.handle.client is not None:
             try:
                 return _client.refreshed(current, self._remote)
             except SessionKeyError:
@@ -104,9 +111,9 @@ class OmeroBackend(AuthBackend):
                 raise
             except SessionError as exc:  # the connection, not the session: a new client decides
                 log.info("re-using the client of session %s failed (%s); joining again", key[:8], exc)
-        return self._join(key)  # adopt() then detaches the previous client, if any
+        return self._join(key)  # begin() then detaches the previous client, if any
 
-    def _join(self, key: str) -> Login:
+    def _join(self, key: str) -> OmeroLogin:
         client = self._new_client(None)
         try:
             with self._remote("join the session", denied=SessionKeyError(BAD_KEY)):
@@ -116,29 +123,26 @@ class OmeroBackend(AuthBackend):
             raise
         return self._attached(client, key, host=None, sudo_by=None)
 
-    def touch(self, login: Login) -> Login:
-        self._check_pid()
+    def touch(self, login: OmeroLogin) -> OmeroLogin:
         try:
             self._ping(login)
         except SessionKeyError:
             self._release(login)
             raise
         except Detached:
-            with self._lock:  # atomic against an adopt() of another login meanwhile
+            with self._lock:  # atomic against a begin() of another login meanwhile
                 if self._current is not login:
                     raise
                 # The client lost its router session; the OMERO session may live on: join again
                 # with a new client (on failure the old one stays, and so does the error).
-                old, fresh = login.extra.get("client"), self._join(login.key)
-                login.extra.pop("gateway", None)
-                login.extra.update(fresh.extra)
+                old, fresh = login.handle.client, self._join(login.key)
+                login.handle = fresh.handle
                 if old is not None:
                     self._close_client(old)
         login.last_access = _client.now()
         return login
 
-    def logout(self, login: Login) -> None:
-        self._check_pid()
+    def logout(self, login: OmeroLogin) -> None:
         target = login
         try:
             try:
@@ -152,15 +156,14 @@ class OmeroBackend(AuthBackend):
         self._release(target)
         self._release(login)
 
-    def _kill_through(self, login: Login) -> None:
+    def _kill_through(self, login: OmeroLogin) -> None:
         with self._remote("log out"):
             _client.kill(self._remote.bounded(self._session_of(login).getSessionService()), login.key)
 
-    def sudo(self, actor: Login, username: str, *, host: str | None, agent: str | None) -> Login:
-        self._check_pid()
+    def sudo(self, actor: OmeroLogin, username: str, *, host: str | None, agent: str | None) -> OmeroLogin:
         refused = PermissionDenied(f"{actor.user_name} may not act as {username!r}: only OMERO administrators "
                                    "may (or there is no such user)")
-        if not _plausible(username):
+        if not plausible(username):
             raise refused
         principal = omero.sys.Principal(name=username, group="", eventType="User")
         with self._remote(f"open a session as {username!r}", refused=refused, invalid=refused):
@@ -177,41 +180,38 @@ class OmeroBackend(AuthBackend):
         log.info("user %s (id %s) opened an OMERO session as %s", actor.user_name, actor.experimenter_id, username)
         return login
 
-    def su(self, *, host: str | None, agent: str | None) -> Login:
+    def su(self, *, host: str | None, agent: str | None) -> OmeroLogin:
         raise PermissionDenied("OMERO has no password-less super user login: log in as an OMERO administrator "
                                "and use SessionManager.sudo_session(username)")
 
-    # -- the process's session -------------------------------------------------------------------
+    # -- the unit of work ------------------------------------------------------------------------
 
-    def adopt(self, login: Login) -> None:
-        self._check_pid()
+    def begin(self, login: OmeroLogin) -> None:
+        """``login`` becomes the process's session: release the previous one (detach, not kill)."""
         with self._lock:
             previous, self._current = self._current, login
-        if previous is not None and previous.extra.get("client") is not login.extra.get("client"):
+        if previous is not None and previous.handle.client is not login.handle.client:
             self._release(previous)
         if self._keepalive is not None:
             self._keepalive.watch(login)
 
     def idle(self) -> None:
-        if self._pid != os.getpid():
-            return
         if self._keepalive is not None:
             self._keepalive.pause()
         with self._lock:
             current = self._current
         if current is None:
             return
-        current.extra.pop("gateway", None)  # per unit of work: its options and caches go
-        client = current.extra.get("client")
+        current.handle.gateway = None  # per unit of work: its options and caches go
+        client = current.handle.client
         if not self._config.reuse_client:
             self._release(current)
         elif client is not None:
             _groups.end_all_groups(current, client)
 
     def close(self) -> None:
-        if self._pid != os.getpid():
-            self.forget()
-            return
+        if not _fork.owned():
+            return  # a fork the hook missed: the protocol has parked the parent's clients
         if self._keepalive is not None:
             self._keepalive.stop()
         with self._lock:
@@ -221,45 +221,34 @@ class OmeroBackend(AuthBackend):
         self._reset()  # usable again, with nothing open
 
     def forget(self) -> None:
-        """In a forked child: park the parent's clients and start afresh, sending nothing."""
-        with suppress(Exception):  # the lock may have been held by a parent thread: do not take it
-            for client in list(self._clients):
-                _parking.park(client)
-            if self._current is not None and "gateway" in self._current.extra:
-                _parking.park_gateway(self._current.extra["gateway"])
-        self._reset()
+        """Let go of every client without closing or detaching it."""
+        self._reset_after_fork_in_child()
 
     # -- OMERO specifics: the gateway and groups -------------------------------------------------
 
-    def gateway(self, login: Login) -> Any:
+    def gateway(self, login: OmeroLogin) -> Any:
         """A BlitzGateway on the login's client, made once per unit of work (no remote call)."""
-        self._check_pid()
         return _groups.gateway(login, self._client_of(login))
 
-    def set_group(self, login: Login, group: str | int) -> int:
+    def set_group(self, login: OmeroLogin, group: str | int) -> GroupInfo | None:
         """Switch to one of the user's groups (a name or id) for the whole session, or to every
-        group (-1) for this process's calls until the next ``idle()``; returns the group id."""
+        group (-1) for this process's calls until the next ``idle()``."""
         if isinstance(group, bool) or not isinstance(group, (str, int)) or group == "":
             raise ValueError(f"a group is named by its name or its id, not {group!r}")
-        self._check_pid()
         sf = self._session_of(login)
-        return _groups.set_group(login, login.extra["client"], sf, self._remote, group)
+        _groups.set_group(login, login.handle.client, sf, self._remote, group)
+        return None  # its name, and whether the user leads it, the server knows: ask groups()
 
-    def groups(self, login: Login) -> list[GroupInfo]:
+    def groups(self, login: OmeroLogin) -> list[GroupInfo]:
         """The user's groups as the server has them now (two calls): ``current`` is the session's
         group, ``leads`` the groups the user owns. For ``whoami`` and the stored group name."""
-        self._check_pid()
         self._client_of(login)  # refuses a released or ended login before any call
         return _groups.groups(login, self._remote)
 
     # -- clients ---------------------------------------------------------------------------------
 
-    def _check_pid(self) -> None:
-        """A fork the hooks did not see (fork() from C): drop the parent's clients first."""
-        if self._pid != os.getpid():
-            self.forget()
-
     def _new_client(self, agent: str | None) -> Any:
+        _fork.owned()  # after a fork the hook missed, the parent's clients are parked first
         config = self._config
         try:
             client = omero.client(host=config.host, port=config.port, args=list(config.client_args))
@@ -279,7 +268,7 @@ class OmeroBackend(AuthBackend):
         with self._lock:
             self._clients.discard(client)
         _parking.OPEN.discard(client)
-        if self._pid != os.getpid():
+        if not _fork.owned():
             _parking.park(client)
             return
         try:
@@ -287,10 +276,9 @@ class OmeroBackend(AuthBackend):
         except Exception as exc:  # the server may be gone; the communicator is destroyed anyway
             log.debug("closing an OMERO client: %s", describe(exc))
 
-    def _release(self, login: Login) -> None:
+    def _release(self, login: OmeroLogin) -> None:
         """Let go of a login's client (detach, never kill) and stop treating it as current."""
-        client = login.extra.pop("client", None)
-        login.extra.pop("gateway", None)
+        client, login.handle.client, login.handle.gateway = login.handle.client, None, None
         with self._lock:
             if self._current is login:
                 self._current = None
@@ -300,7 +288,7 @@ class OmeroBackend(AuthBackend):
             self._close_client(client)
 
     def _attached(self, client: Any, key: str, *, host: str | None, sudo_by: int | None,
-                  configure: bool = False) -> Login:
+                  configure: bool = False) -> OmeroLogin:
         """The Login of a client that just created or joined ``key``; the client is closed (and a
         session it created killed) if anything fails, so nothing of a failed attempt sticks."""
         try:
@@ -331,30 +319,37 @@ class OmeroBackend(AuthBackend):
             self._close_client(client)
         return plain
 
-    def _keep(self, login: Login) -> None:
+    def _keep(self, login: OmeroLogin) -> None:
         """The keepalive thread's ping: ``touch`` while ``login`` is the process's session."""
         with self._lock:
             if self._current is not login:
                 return
         self.touch(login)
 
-    def _ping(self, login: Login) -> None:
+    def _ping(self, login: OmeroLogin) -> None:
         """One cheap call through the login's client; SessionKeyError once the session is gone."""
-        with ending(login), self._remote("keep the session alive"):
+        with ending(login.handle), self._remote("keep the session alive"):
             self._remote.bounded(self._session_of(login)).keepAlive(None)
 
-    def _session_of(self, login: Login) -> Any:
+    def _session_of(self, login: OmeroLogin) -> Any:
         client = self._client_of(login)
         try:
             return client.getSession()
         except omero.ClientError:
             raise Detached("this OMERO session's client was closed: resume it again") from None
 
-    def _client_of(self, login: Login) -> Any:
-        if login.extra.get("ended"):
+    def _client_of(self, login: OmeroLogin) -> Any:
+        """The door to the server: a login's client, if this process may use it."""
+        if not _fork.owned():
+            raise Detached("this OMERO session was opened by the process this one was forked from: "
+                           "log in again with SessionManager(...).reattach()")
+        if login.handle.ended:
             raise SessionKeyError(BAD_KEY + " (it ended on the server)")
-        client = login.extra.get("client")
+        client = login.handle.client
         if client is None:
             raise Detached("this OMERO session is no longer attached in this process: resume it with "
                            "SessionManager(...).create_session(key=...)")
         return client
+
+
+BACKEND = OmeroBackend

@@ -8,6 +8,7 @@ from typing import Any
 from .. import Login
 from ._errors import Remote, ending
 from ._groups import ALL_GROUPS
+from ._handle import OmeroHandle
 from ._ice import omero, unwrap
 
 _GUEST = "guest"  # OMERO's built-in guest account (Roles.guestName)
@@ -17,36 +18,35 @@ _ALL_PRIVILEGES = frozenset(
     getattr(omero.model.enums, n) for n in dir(omero.model.enums) if n.startswith("AdminPrivilege"))
 
 
-def login_of(client: Any, key: str, remote: Remote, *, host: str | None) -> Login:
+def login_of(client: Any, key: str, remote: Remote, *, host: str | None) -> Login[OmeroHandle]:
     """The Login of a client that has just created or joined ``key`` (three calls)."""
     sf = client.getSession()
     admin = remote.bounded(sf.getAdminService())
     context = admin.getEventContext()
     session = remote.bounded(sf.getSessionService()).getSession(key)
     started = _when(unwrap(session.getStarted()))
-    ttl = unwrap(session.getTimeToLive()) or 0
+    tti = unwrap(session.getTimeToIdle())
     return Login(
-        key=key, experimenter_id=context.userId, user_name=context.userName, group_id=context.groupId,
-        started=started, last_access=now(),
-        expires_at=started + datetime.timedelta(milliseconds=ttl) if started and ttl > 0 else None,
-        host=host, sudo_by=unwrap(context.sudoerId), is_admin=bool(context.isAdmin),
+        key=key, experimenter_id=context.userId, user_name=context.userName,
+        handle=OmeroHandle(client, admin, context.groupId), group_id=context.groupId,
+        group_name=context.groupName, started=started, last_access=now(), host=host,
+        sudo_by=unwrap(context.sudoerId), sudoer_name=unwrap(context.sudoerName) or None,
+        idle_timeout=tti // 1000 if tti else None, is_admin=bool(context.isAdmin),
         is_guest=context.userName == _GUEST,
         is_super=bool(context.isAdmin) and set(context.adminPrivileges or ()) >= _ALL_PRIVILEGES,
         acl=None,
-        extra={"client": client, "admin": admin, "session_group_id": context.groupId,
-               "group_name": context.groupName, "sudoer_name": unwrap(context.sudoerName),
-               "time_to_idle_ms": unwrap(session.getTimeToIdle()), "time_to_live_ms": ttl},
     )
 
 
-def refreshed(login: Login, remote: Remote) -> Login:
+def refreshed(login: Login[OmeroHandle], remote: Remote) -> Login[OmeroHandle]:
     """The same key again on its attached client: one call, which also slides the idle timer."""
-    with ending(login), remote("resume the session"):
-        context = login.extra["admin"].getEventContext()
+    with ending(login.handle), remote("resume the session"):
+        context = login.handle.admin.getEventContext()
     login.experimenter_id, login.user_name = context.userId, context.userName
     login.group_id = context.groupId
     if context.groupId != ALL_GROUPS:  # -1 is this client's context, not the session's group
-        login.extra["session_group_id"] = context.groupId
+        login.handle.session_group_id = context.groupId
+        login.group_name = context.groupName
     login.is_admin = bool(context.isAdmin)
     login.last_access = now()
     return login

@@ -8,8 +8,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from ...errors import DatabaseUnavailable, PermissionDenied, SessionError, SessionKeyError
-from .. import Login
 from ._config import Config
+from ._handle import OmeroHandle
 from ._ice import Glacier2, Ice, omero
 
 BAD_KEY = "OMERO session not accepted: it is unknown, expired or was closed; log in again"
@@ -50,12 +50,13 @@ class Remote:
 
 
 @contextmanager
-def ending(login: Login) -> Iterator[None]:
-    """Remember a session found dead, so every later use of it says so (SessionKeyError)."""
+def ending(handle: OmeroHandle) -> Iterator[None]:
+    """Remember a session found dead (on its ``OmeroHandle``), so every later use of it says so
+    (SessionKeyError)."""
     try:
         yield
     except SessionKeyError:
-        login.extra["ended"] = True
+        handle.ended = True
         raise
 
 

@@ -3,34 +3,32 @@
 from __future__ import annotations
 
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ...errors import PermissionDenied
-from .. import Login
+from .. import GroupInfo, Login
 from ._errors import Remote, ending
+from ._handle import OmeroHandle
 from ._ice import omero, unwrap
-
-if TYPE_CHECKING:
-    from ..._maintenance import GroupInfo
 
 ALL_GROUPS = -1  # every group of the user, for one client's calls (OMERO's omero.group = -1)
 
 
-def gateway(login: Login, client: Any) -> Any:
+def gateway(login: Login[OmeroHandle], client: Any) -> Any:
     """A BlitzGateway on the login's client, made once per unit of work (no remote call)."""
-    made = login.extra.get("gateway")
-    if made is None:
+    handle = login.handle
+    if handle.gateway is None:
         from omero.gateway import BlitzGateway
 
-        made = login.extra["gateway"] = BlitzGateway(client_obj=client)
-    return made
+        handle.gateway = BlitzGateway(client_obj=client)
+    return handle.gateway
 
 
-def set_group(login: Login, client: Any, sf: Any, remote: Remote, group: str | int) -> int:
+def set_group(login: Login[OmeroHandle], client: Any, sf: Any, remote: Remote, group: str | int) -> int:
     """Switch to one of the user's groups (a name or id) for the whole session, or to every
     group (-1) for this client's calls until the next ``idle()``; returns the group id."""
+    handle = login.handle
     context = client.getImplicitContext()
-    made = login.extra.get("gateway")
     if str(group) == str(ALL_GROUPS):
         context.put("omero.group", str(ALL_GROUPS))
         gid = ALL_GROUPS
@@ -48,32 +46,31 @@ def set_group(login: Login, client: Any, sf: Any, remote: Remote, group: str | i
             remote.bounded(sf).setSecurityContext(omero.model.ExperimenterGroupI(gid, False))
         with suppress(Exception):
             context.remove("omero.group")
-        login.extra["session_group_id"] = gid
+        handle.session_group_id = gid
+        login.group_name = None if isinstance(group, int) or group.isdigit() else group
     login.group_id = gid
-    if made is not None:
-        made._ctx = None  # its cached event context names the old group
-        made.SERVICE_OPTS.setOmeroGroup(gid)
+    if handle.gateway is not None:
+        handle.gateway._ctx = None  # its cached event context names the old group
+        handle.gateway.SERVICE_OPTS.setOmeroGroup(gid)
     return gid
 
 
-def end_all_groups(login: Login, client: Any) -> None:
+def end_all_groups(login: Login[OmeroHandle], client: Any) -> None:
     """At ``idle()``: the all-groups context is per unit of work, like the gateway."""
     if login.group_id == ALL_GROUPS:
         with suppress(Exception):
             client.getImplicitContext().remove("omero.group")
-        login.group_id = login.extra.get("session_group_id")
+        login.group_id = login.handle.session_group_id
 
 
-def groups(login: Login, remote: Remote) -> list[GroupInfo]:
+def groups(login: Login[OmeroHandle], remote: Remote) -> list[GroupInfo]:
     """The user's groups as the server has them now (two calls): ``current`` is the session's
     group, ``leads`` the groups the user owns."""
-    from ..._maintenance import GroupInfo
-
-    with ending(login), remote("list the user's groups"):
-        admin = login.extra["admin"]
+    with ending(login.handle), remote("list the user's groups"):
+        admin = login.handle.admin
         context = admin.getEventContext()
         contained = admin.containedGroups(login.experimenter_id)
-    current = login.extra.get("session_group_id", context.groupId)
+    current = login.handle.session_group_id
     leads = set(context.leaderOfGroups or ())
     return [GroupInfo(gid, unwrap(g.getName()), gid == current, gid in leads)
             for g in contained for gid in (unwrap(g.getId()),)]

@@ -3,15 +3,16 @@
 omero.client's ``__del__`` and ``closeSession`` would tell the router to destroy the session and
 tear the communicator down, over the socket the parent still uses (and its threads do not exist
 in the child). Module state on purpose, like the session singleton: every client opened in this
-process, so the at-fork hook can park them all; and the parked parts, kept for ever.
+process, so the fork protocol can park them all; and the parked parts, kept for ever.
 """
 
 from __future__ import annotations
 
-import os
 import weakref
 from contextlib import suppress
 from typing import Any
+
+from ... import _fork
 
 OPEN: weakref.WeakSet[Any] = weakref.WeakSet()
 _PARKED: list[dict[str, Any]] = []
@@ -42,10 +43,8 @@ def park_gateway(gateway: Any) -> None:
     gateway._proxies = NoProxies()
 
 
+@_fork.at_fork_in_child
 def _park_all_in_child() -> None:
+    """Every client of the parent, also one no backend holds any more (a user's gateway may)."""
     for client in list(OPEN):
         park(client)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_park_all_in_child)
