@@ -52,11 +52,32 @@ class _Current:
 _current = _Current()  # the process's session (in "process" scope, the only scope there is)
 
 
+class _Binding:
+    """``with Session._binding() as current:``: the process's own session (None if there is none),
+    with logins serialised. A class, not a generator context manager: it runs on every login and
+    resume. The fork protocol is asked first, so a fork the at-fork hook did not see is found before
+    anything of the parent's is used, its lock included (the protocol replaces the lock); the lock
+    released is the one acquired, even if a fork inside the block replaced ``Session._lock``."""
+
+    __slots__ = ("_held",)
+    _held: threading.RLock
+
+    def __enter__(self) -> Session | None:
+        _fork.owned()
+        self._held = Session._lock
+        self._held.acquire()
+        return _current.session
+
+    def __exit__(self, *exc: object) -> None:
+        self._held.release()
+
+
 class Session(SessionUser, SessionFiles):
     """The logged-in session of this process. See the module docstring for how one is made."""
 
     _lock: ClassVar[threading.RLock] = threading.RLock()  # serialises making and replacing it
     _inherited: ClassVar[Inheritance | None] = None  # the parent's session, in a forked child
+    _binding: ClassVar[type[_Binding]] = _Binding
 
     _state: State
     _backend: AuthBackend[Any]
@@ -158,18 +179,6 @@ class Session(SessionUser, SessionFiles):
     # -- transitions -----------------------------------------------------------------------------
 
     @classmethod
-    @contextlib.contextmanager
-    def _binding(cls) -> Iterator[Session | None]:
-        """The process's own session (None if there is none), with logins serialised.
-
-        The start of every login or resume asks the fork protocol once, so a fork the at-fork hook
-        did not see is found here, before anything of the parent's is used.
-        """
-        with cls._lock:
-            _fork.owned()
-            yield _current.session
-
-    @classmethod
     def _bind(cls, current: Session | None, backend: AuthBackend[Any], login: Login[Any]) -> Session:
         """``login``, which the manager authenticated on ``backend``, becomes the process's session.
 
@@ -209,7 +218,7 @@ class Session(SessionUser, SessionFiles):
 
     def _end(self) -> None:
         """The unit of work ends (``idle()``): ACTIVE, BOOTSTRAP or IDLE become IDLE."""
-        if self._state not in LIVE:
+        if self._state is CLOSED or self._state is INHERITED:
             return
         work = self._work
         if work.deferred and not _fork.owned():
