@@ -17,8 +17,10 @@ import gc
 import json
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -419,6 +421,39 @@ def test_a_fork_from_c_is_caught_when_the_child_first_asks_for_the_session(peopl
     assert seen["has_instance"] is False
     assert seen["user"] == "alice"
     assert seen["backend"] != backend
+    _assert_parent_intact(people.dsn, session, dbh, backend)
+
+
+
+def test_a_fork_from_c_while_another_thread_logs_in_leaves_the_child_free_to_log_in(people: People) -> None:
+    """A parent's thread in the middle of a login holds the session lock at fork time; that thread
+    does not exist in the child, so the child must not wait for it (its login replaces the lock)."""
+    session = login(people.dsn)
+    dbh, backend = _open_transaction(session)
+    c_fork = ctypes.PyDLL(None).fork
+    held, release = threading.Event(), threading.Event()
+
+    def mid_login() -> None:
+        with Session._lock:  # what a login in progress holds
+            held.set()
+            release.wait()
+
+    thread = threading.Thread(target=mid_login)
+    thread.start()
+    held.wait()
+
+    key = session.session_key
+
+    def child() -> str:
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)  # not the parent's handler (pytest-timeout's)
+        signal.alarm(30)  # a child stuck on the parent's lock dies, and reports nothing
+        return SessionManager(people.dsn).create_session(key=key).user_name
+
+    try:
+        assert _in_child(child, fork=c_fork) == "alice"
+    finally:
+        release.set()
+        thread.join()
     _assert_parent_intact(people.dsn, session, dbh, backend)
 
 
