@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 
 from . import _keys
-from .backends.local import _sql
+from .backends.local import LocalHandle, _sql
 from .configuration import Configuration
 from .errors import PermissionDenied, SessionError
 from .session import Session
@@ -26,14 +26,13 @@ DEFAULT_BATCH = 1000
 # One batch of the rows over for one reason (``_sql.ENDED``): rows a concurrent resume holds
 # locked are skipped, never waited for.
 _PURGE_BATCH = """
+WITH {cfg}
 DELETE FROM ome_sessions d USING (
-    SELECT s.id FROM ome_sessions s WHERE {condition} LIMIT %(batch)s FOR UPDATE SKIP LOCKED
+    SELECT s.id FROM ome_sessions s CROSS JOIN cfg WHERE {condition} LIMIT %(batch)s FOR UPDATE OF s SKIP LOCKED
 ) doomed
 WHERE d.id = doomed.id
 """
-_PURGE = {reason: _PURGE_BATCH.format(condition=_sql.ended(reason, "s", "%(idle)s")) for reason in _sql.ENDED}
-
-_SESSION_TIMES = "SELECT last_access, expires_at, now() FROM ome_sessions WHERE key_digest = %s"
+_PURGE = {reason: _PURGE_BATCH.format(cfg=_sql.CFG, condition=_sql.ended(reason, "s")) for reason in _sql.ENDED}
 
 
 @dataclass
@@ -50,7 +49,8 @@ class PurgeReport:
 
 @dataclass(frozen=True)
 class SessionTimes:
-    idle_timeout: int  # seconds; 0 means no idle limit
+    idle_timeout: int  # seconds, in effect; 0 means no idle limit
+    own_idle_timeout: int | None  # the session's own, as set (None: the configured default applies)
     last_access: datetime.datetime
     expires_at: datetime.datetime | None
     now: datetime.datetime  # the database's clock, so the client's cannot skew the result
@@ -96,7 +96,7 @@ def purge_sessions(session: Session, *, batch: int = DEFAULT_BATCH) -> PurgeRepo
     if not principal.admin:
         raise PermissionDenied(f"{session.user_name} may not purge sessions: only admins and the super user may")
     report = PurgeReport()
-    params = {"idle": session.configuration.session_idle_timeout, "batch": batch}
+    params = {"batch": batch, **_sql.config_defaults()}
     for reason, statement in _PURGE.items():
         while True:
             with _dbh(session) as dbh:
@@ -109,18 +109,19 @@ def purge_sessions(session: Session, *, batch: int = DEFAULT_BATCH) -> PurgeRepo
 
 
 def session_times(session: Session) -> SessionTimes:
-    """The idle timeout and this session's last access and absolute expiry."""
-    key = session.session_key
-    if key is None:
-        raise PermissionDenied("this needs a logged-in user, not a bootstrap session")
+    """This session's idle timeout (in effect, and its own), last access and absolute expiry."""
+    login = session.login
+    if login is None or not isinstance(login.handle, LocalHandle):
+        raise PermissionDenied("this needs a logged-in user of the local database, not a bootstrap session")
     with _dbh(session) as dbh:
-        row = dbh.execute(_SESSION_TIMES, (_keys.digest(key),)).fetchone()
+        params = {"session_id": login.handle.session_id, **_sql.config_defaults()}
+        row = dbh.execute(_sql.SESSION_TIMES, params).fetchone()
     assert row is not None  # the session was resumed, so its row exists
-    return SessionTimes(session.configuration.session_idle_timeout, *row)
+    return SessionTimes(*row)
 
 
 def set_idle_timeout(session: Session, seconds: int) -> None:
-    """Set ``session_idle_timeout`` for every session (the super user only)."""
+    """Set ``session_idle_timeout``, the default of every session without its own (the super user only)."""
     if not session.is_su_session():
         raise PermissionDenied(f"{session.user_name} may not change the idle timeout: only the super user may")
     _outside_transaction(session, "set_idle_timeout()")

@@ -61,6 +61,11 @@ class Principal:
         """Groups he may create his own objects in."""
         return self._confine(self.groups | self.led)
 
+    def may_use_group(self, group_id: int | None) -> bool:
+        """Whether a session of his may work in ``group_id`` (its new objects go there): a group he
+        is a member or leader of, and for a leader acting as a member, one of that leader's."""
+        return group_id is not None and group_id in self.writable_groups
+
     @property
     def leads(self) -> frozenset[int]:
         return self._confine(self.led)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from psycopg.conninfo import conninfo_to_dict
 
 from . import _prompt
-from .errors import SessionError, SessionKeyError
+from .errors import SessionKeyError
 from .keystore import KeyStore, StoredSession
 
 if TYPE_CHECKING:
@@ -86,10 +86,7 @@ def remember(store: KeyStore, session: Session, *, server: str, database: str, p
     if key is None or user is None:
         raise ValueError("only a logged-in session can be stored")
     backend = session.backend.name if session.backend is not None else "local"
-    try:
-        timeout: int | None = session.configuration.session_idle_timeout
-    except SessionError:  # a remote backend's session has no local configuration
-        timeout = None
+    timeout = session.login.idle_timeout if session.login is not None else None  # the session's own
     entry = StoredSession(server=server, user=user, key=key, port=port, group=group, sudo=sudo,
                           timeout=timeout, backend=backend, extra={DATABASE_FIELD: database})
     store.add(entry)

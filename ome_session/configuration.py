@@ -48,6 +48,8 @@ VARIABLES: dict[str, _Variable] = {
     "allow_guest_access": _Variable(bool, lambda: False, "whether guest accounts may log in"),
     "session_idle_timeout": _Variable(int, lambda: 1800, "seconds a session may go unused (0 = no limit)"),
     "session_max_lifetime": _Variable(int, lambda: 86400, "seconds a session may live at most (0 = no limit)"),
+    "session_max_idle_timeout": _Variable(int, lambda: 0, "the longest idle timeout a session may be given, "
+                                          "in seconds (0 = only session_max_lifetime bounds it)"),
     "ldap": _Variable(dict, lambda: None, "LDAP bind settings (see the README); absent = local passwords"),
     "db_instance": _Variable(str, lambda: None, "a name for this installation"),
     "lsid_authority": _Variable(str, lambda: None, "the LSID authority of this installation"),
@@ -82,7 +84,8 @@ def _check(name: str, value: Any) -> Any:
     if not isinstance(value, variable.kind):
         kind = variable.kind.__name__ if isinstance(variable.kind, type) else variable.kind
         raise ConfigurationError(f"configuration {name!r} takes {kind}, not {type(value).__name__}")
-    if isinstance(value, int) and name in ("session_idle_timeout", "session_max_lifetime", "super_user"):
+    if isinstance(value, int) and name in ("session_idle_timeout", "session_max_lifetime", "session_max_idle_timeout",
+                                           "super_user"):
         return _check_number(name, value)
     try:
         if isinstance(value, str):
@@ -179,6 +182,10 @@ class Configuration:
     @property
     def session_max_lifetime(self) -> int:
         return int(self.get("session_max_lifetime"))
+
+    @property
+    def session_max_idle_timeout(self) -> int:
+        return int(self.get("session_max_idle_timeout"))
 
     @property
     def ldap(self) -> dict[str, Any] | None:

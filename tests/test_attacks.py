@@ -452,14 +452,16 @@ def test_no_driver_error_escapes_a_refused_or_bad_write(people: People) -> None:
     assert not isinstance(refused.value, DatabaseError)
 
 
-def test_switching_the_default_group_follows_the_table(people: People) -> None:
+def test_switching_the_session_group_needs_a_group_of_the_user(people: People) -> None:
     alice = login(people, "alice")
     with pytest.raises(PermissionDenied, match="lab_b"):
         alice.set_group("lab_b")
+    assert query(people.dsn, "SELECT group_id FROM ome_sessions") == [(None,)]
     query(people.dsn, "INSERT INTO experimenter_group_map VALUES (%s, %s)", people.ids["alice"], people.groups["lab_b"])
     alice.set_group("lab_b")
+    assert query(people.dsn, "SELECT group_id FROM ome_sessions") == [(people.groups["lab_b"],)]
     assert query(people.dsn, "SELECT group_id FROM experimenters WHERE ome_name = 'alice'") == [
-        (people.groups["lab_b"],)]
+        (people.groups["lab_a"],)]  # the default group stays
     query(people.dsn, "INSERT INTO configuration VALUES ('allow_guest_access', 'true')")
     guest = login(people, "guest")
     with pytest.raises(PermissionDenied, match="guest"):

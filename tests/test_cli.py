@@ -199,12 +199,13 @@ def test_no_password_and_no_terminal_exits_2_without_prompting(lab: People) -> N
     assert "Password" not in done.stdout
 
 
-def test_login_group_option_switches_the_primary_group(lab: People, store: KeyStore) -> None:
+def test_login_group_option_switches_the_sessions_group(lab: People, store: KeyStore) -> None:
     query(lab.dsn, "INSERT INTO experimenter_group_map VALUES (%s, %s)", lab.ids["alice"], lab.groups["lab_b"])
     done = login("alice", "-g", "lab_b")
     assert done.stdout.rstrip().endswith("Current group: lab_b")
     assert store.list()[0].group == "lab_b"
-    assert query(lab.dsn, "SELECT group_id FROM experimenters WHERE ome_name = 'alice'") == [(lab.groups["lab_b"],)]
+    assert query(lab.dsn, "SELECT group_id FROM ome_sessions") == [(lab.groups["lab_b"],)]
+    assert query(lab.dsn, "SELECT group_id FROM experimenters WHERE ome_name = 'alice'") == [(lab.groups["lab_a"],)]
 
 
 def test_sixteen_concurrent_logins_leave_every_entry_and_no_partial_file(lab: People, store: KeyStore) -> None:
@@ -419,20 +420,21 @@ def test_timeout_shows_the_idle_timeout_and_the_time_left(lab: People) -> None:
     login("alice")
     done = ome_session("sessions", "timeout")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("idle timeout: 30.0 min (1800 s)\ntime left:    ")
+    assert done.stdout.startswith("idle timeout: 30.0 min (1800 s, the configured default)\ntime left:    ")
     assert re.search(r"time left: +(29 min \d+ s|30 min 0 s)\n", done.stdout)
 
 
-def test_setting_the_timeout_is_for_the_super_user_only(lab: People) -> None:
+def test_setting_the_default_timeout_is_for_the_super_user_only(lab: People) -> None:
     login("alice")
-    denied = ome_session("sessions", "timeout", "600")
+    denied = ome_session("sessions", "timeout", "--default", "600")
     assert denied.returncode == 5
+    assert query(lab.dsn, "SELECT value FROM configuration WHERE name = 'session_idle_timeout'") == []
     login("root")
-    done = ome_session("sessions", "timeout", "600")
+    done = ome_session("sessions", "timeout", "--default", "600")
     assert done.returncode == 0, done.stderr
-    assert "idle timeout: 10.0 min (600 s)" in done.stdout
+    assert "default idle timeout: 10.0 min (600 s)" in done.stdout
     assert query(lab.dsn, "SELECT value FROM configuration WHERE name = 'session_idle_timeout'") == [(600,)]
-    assert ome_session("sessions", "timeout", "-5").returncode == 2
+    assert ome_session("sessions", "timeout", "--default", "-5").returncode == 2
 
 
 def test_group_switch_sends_new_objects_to_that_group(lab: People) -> None:
@@ -451,7 +453,7 @@ def test_group_switch_outside_the_users_groups_is_refused(lab: People) -> None:
     login("alice")
     denied = ome_session("sessions", "group", "lab_b")
     assert denied.returncode == 5
-    assert "alice is not a member of group 'lab_b'" in denied.stderr
+    assert "alice is not a member or leader of group 'lab_b'" in denied.stderr
     unknown = ome_session("sessions", "group", "no-such-group")
     assert unknown.returncode == 2
     assert query(lab.dsn, "SELECT group_id FROM experimenters WHERE ome_name = 'alice'") == [(lab.groups["lab_a"],)]

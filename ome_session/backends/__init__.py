@@ -86,6 +86,19 @@ def plausible(value: object) -> bool:
     return True
 
 
+_MAX_SECONDS = 2**31 - 1  # as the configuration's timeouts: beyond, timestamp arithmetic overflows
+
+
+def idle_seconds(value: object) -> int:
+    """A session's own idle timeout as given: whole seconds, at least one (a session cannot opt
+    out of idling); TypeError or ValueError saying what was expected, before anything is sent."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"an idle timeout is a whole number of seconds, not {type(value).__name__}")
+    if not 0 < value <= _MAX_SECONDS:
+        raise ValueError(f"an idle timeout is from 1 to {_MAX_SECONDS} seconds, not {value}")
+    return value
+
+
 class AuthBackend(ABC, Generic[H]):
     """The verbs every backend implements. Failures raise ome_session.errors types only."""
 
@@ -170,6 +183,11 @@ class AuthBackend(ABC, Generic[H]):
         """Switch the session's group (a name or an id); the group, as the backend now knows it."""
         raise SessionError(f"the {self.name} backend cannot switch groups")
 
+    def set_idle_timeout(self, login: Login[H], seconds: int) -> int:
+        """Give this session its own idle timeout (``idle_seconds``); the timeout now in effect.
+        PermissionDenied above what the server allows."""
+        raise SessionError(f"the {self.name} backend has no per-session idle timeout")
+
 
 # -- the registry -----------------------------------------------------------------------------------
 
@@ -209,5 +227,5 @@ def registered(name: object) -> Registered:
     return found
 
 
-__all__ = ["BAD_LOGIN", "NAMES", "REGISTRY", "AuthBackend", "GroupInfo", "Login", "Registered", "plausible",
-           "registered"]
+__all__ = ["BAD_LOGIN", "NAMES", "REGISTRY", "AuthBackend", "GroupInfo", "Login", "Registered", "idle_seconds",
+           "plausible", "registered"]

@@ -67,6 +67,8 @@ def login(ctx: Context) -> int:
         created = True
     try:
         switched = ctx.switch_group(session, a.group) if a.group else None
+        if a.timeout is not None:
+            session.update(time_to_idle=a.timeout)
         entry = ctx.remember(session, target, group=switched.name if switched else None, sudo=a.sudo)
     except BaseException:
         if created:

@@ -39,7 +39,9 @@ def _add_login_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-w", "--password", help=f"password (better: {_login.PASSWORD_ENV}, or the prompt)")
     p.add_argument("-k", "--key", help="join the existing session with this key")
     p.add_argument("--sudo", metavar="ADMIN", help="log in as ADMIN (an admin or group leader), then act as USER")
-    p.add_argument("-g", "--group", help="switch to this group (make it the primary group)")
+    p.add_argument("-g", "--group", help="work in this group: new objects of this session go there")
+    p.add_argument("-t", "--timeout", type=_positive(int), metavar="SECONDS",
+                   help="this session's idle timeout (at most what the installation allows)")
     p.add_argument("--insecure", action="store_true", help="OMERO: after logging in, use the server's "
                    "unencrypted router (as omero-py's secure=False)")
     p.set_defaults(handler=_login.login)
@@ -103,10 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = scommand("keepalive", "keep the current session alive", _sessions.keepalive)
     p.add_argument("-f", "--frequency", type=_positive(float), metavar="SECONDS",
                    help="repeat every SECONDS until interrupted")
-    p = scommand("group", "switch the primary group (new objects go there)", _sessions.group)
+    p = scommand("group", "switch this session's group (its new objects go there)", _sessions.group)
     p.add_argument("group", help="group name or id")
-    p = scommand("timeout", "show the idle timeout and time left; set it (super user)", _sessions.timeout)
-    p.add_argument("seconds", nargs="?", type=_non_negative, help="new session_idle_timeout (0: none)")
+    p = scommand("timeout", "show or set this session's idle timeout, and its time left", _sessions.timeout)
+    p.add_argument("seconds", nargs="?", type=_non_negative,
+                   help="this session's new idle timeout; with --default, every session's default (0: none)")
+    p.add_argument("--default", action="store_true",
+                   help="the configured default instead (session_idle_timeout; setting it is for the super user)")
 
     tmp = command(sub, "tmp", "temporary files of sessions")
     tsub = tmp.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")

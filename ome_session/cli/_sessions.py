@@ -136,12 +136,22 @@ def group(ctx: Context) -> int:
 
 
 def timeout(ctx: Context) -> int:
-    session, _ = ctx.current()
-    if ctx.args.seconds is not None:
-        _maintenance.set_idle_timeout(session, ctx.args.seconds)
-        print(f"session_idle_timeout set to {ctx.args.seconds} s for every session")
+    """This session's idle timeout (``--default``: the configured one), set if SECONDS is given."""
+    session, entry = ctx.current()
+    seconds = ctx.args.seconds
+    if ctx.args.default:
+        if seconds is not None:
+            _maintenance.set_idle_timeout(session, seconds)
+            print(f"session_idle_timeout set to {seconds} s: the default of every session without its own")
+        default = session.configuration.session_idle_timeout
+        print(f"default idle timeout: {_output.minutes(default)} ({default} s)")
+        return 0
+    if seconds is not None:
+        session.update(time_to_idle=seconds)
+        ctx.store.add(dataclasses.replace(entry, timeout=session.login.idle_timeout if session.login else None))
     times = _maintenance.session_times(session)
+    whose = "this session's own" if times.own_idle_timeout is not None else "the configured default"
     left = times.time_left
-    print(f"idle timeout: {_output.minutes(times.idle_timeout)} ({times.idle_timeout} s)")
+    print(f"idle timeout: {_output.minutes(times.idle_timeout)} ({times.idle_timeout} s, {whose})")
     print(f"time left:    {'no limit' if left is None else _output.duration(left)}")
     return 0

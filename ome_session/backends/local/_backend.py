@@ -11,16 +11,16 @@ from psycopg import sql
 from ... import _keys, _ldap, _passwords, _permissions
 from ..._connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREPARE_THRESHOLD
 from ..._principal import Principal
-from ...configuration import VARIABLES
 from ...errors import AuthenticationError, PermissionDenied, SessionError, SessionKeyError
 from ...factory import Factory
-from ...model import Experimenter
-from .. import BAD_LOGIN, AuthBackend, GroupInfo, Login, plausible
+from .. import BAD_LOGIN, AuthBackend, GroupInfo, Login, idle_seconds, plausible
 from . import _sql
 
 log = logging.getLogger(__name__)
 
 _BAD_KEY = "session key not accepted: it is unknown, expired or revoked; log in again"
+# Guests are read-only, their sessions included (a guest session is often everybody's).
+_GUEST_SETTINGS = "a guest may not change the session's settings (group, idle timeout): guests are read-only"
 # How stale last_access may get before a resume writes it (keep_alive always writes).
 _RESUME_TOUCH_EVERY = 60
 
@@ -30,12 +30,6 @@ class LocalHandle:
     """The local backend's part of a Login: the session row."""
 
     session_id: int
-
-
-def _config_defaults() -> dict[str, Any]:
-    """The declared defaults the statements fall back on when a variable is not set."""
-    return {"idle_default": VARIABLES["session_idle_timeout"].default(),
-            "lifetime_default": VARIABLES["session_max_lifetime"].default()}
 
 
 class LocalBackend(AuthBackend[LocalHandle]):
@@ -98,7 +92,7 @@ class LocalBackend(AuthBackend[LocalHandle]):
             raise AuthenticationError(BAD_LOGIN)
         self._db.revive()
         with self._db.errors(), self._db.autocommit() as conn:
-            row = conn.execute(_sql.FIND_USER, {"name": username, **_config_defaults()}).fetchone()
+            row = conn.execute(_sql.FIND_USER, {"name": username, **_sql.config_defaults()}).fetchone()
         assert row is not None  # one row whether or not the user exists
         user_id, stored_hash, is_guest, active, allow_guest = row
         ldap = self._factory.configuration.ldap
@@ -121,7 +115,7 @@ class LocalBackend(AuthBackend[LocalHandle]):
 
     def resume(self, key: str) -> Login[LocalHandle]:
         key = self.validate_key(key)
-        params = {"digest": _keys.digest(key), "touch_every": _RESUME_TOUCH_EVERY, **_config_defaults()}
+        params = {"digest": _keys.digest(key), "touch_every": _RESUME_TOUCH_EVERY, **_sql.config_defaults()}
         self._db.revive()  # a connection the server dropped while idle (a restart) is replaced
         with self._db.errors(), self._db.autocommit() as conn:
             row = conn.execute(_sql.RESUME, params).fetchone()
@@ -130,7 +124,7 @@ class LocalBackend(AuthBackend[LocalHandle]):
         return self._login_from_row(key, row)
 
     def touch(self, login: Login[LocalHandle]) -> Login[LocalHandle]:
-        params = {"session_id": login.handle.session_id, "touch_every": 0, **_config_defaults()}
+        params = {"session_id": login.handle.session_id, "touch_every": 0, **_sql.config_defaults()}
         with self._db.errors(), self._db.autocommit() as conn:
             row = conn.execute(_sql.TOUCH, params).fetchone()
         if row is None:
@@ -184,38 +178,81 @@ class LocalBackend(AuthBackend[LocalHandle]):
     # -- groups ----------------------------------------------------------------------------------
 
     def groups(self, login: Login[LocalHandle]) -> list[GroupInfo]:
-        """The user's groups (memberships and default group), by name."""
+        """The user's groups (memberships, default group, groups he leads), by name."""
         with self._db.errors(), self._db.autocommit() as conn:
-            rows = conn.execute(_sql.USER_GROUPS, (login.experimenter_id,)).fetchall()
+            rows = conn.execute(_sql.USER_GROUPS, {"user_id": login.experimenter_id,
+                                                   "current": login.group_id}).fetchall()
         return [GroupInfo(*row) for row in rows]
 
     def set_group(self, login: Login[LocalHandle], group: str | int) -> GroupInfo:
-        """Make ``group`` (a name, or an id) the user's default group; committed at once.
+        """Make ``group`` (a name, or an id) this session's group; committed at once.
 
-        Only a group the user is a member of: the default group is also part of what the user may
-        see, so switching to any other group would widen their rights.
+        Only this session's: the user's default group and his other sessions stay as they are.
+        Only a group the user may use (``Principal.may_use_group``): the session's group is where
+        its new objects go, so any other group would widen his rights.
         """
         group = str(group)
         if not group or "\x00" in group:
             raise ValueError("a group is named by its name or its id")
-        if self._factory.in_transaction:
-            raise SessionError("set_group() commits as it goes: commit or roll back the open transaction first")
+        self._outside_transaction("set_group()")
         group_id = int(group) if group.isdigit() and len(group) < 19 else None
         with self._db.errors(), self._db.autocommit() as conn:
             found = conn.execute(_sql.FIND_GROUP, {"name": group, "id": group_id}).fetchone()
-            if found is None:
-                raise ValueError(f"there is no group {group!r}; `ome-session whoami` lists yours")
-            condition = _permissions.may_write(self._factory.principal, "update", Experimenter,
-                                               {"group_id": found[0]}, (login.experimenter_id,))
-            condition = condition or (sql.SQL("TRUE"), [])
-            row = sql.Identifier(_permissions.ROW)
-            switched = conn.execute(_sql.SET_DEFAULT_GROUP.format(row, row, condition[0]),
-                                    [found[0], login.experimenter_id, *condition[1]]).rowcount
-        if not switched:
-            raise PermissionDenied(f"{login.user_name} is not a member of group {found[1]!r}; "
+        if found is None:
+            raise ValueError(f"there is no group {group!r}; `ome-session whoami` lists yours")
+        principal = self._principal_now(login)
+        if principal.is_guest:
+            raise PermissionDenied(_GUEST_SETTINGS)
+        if not principal.may_use_group(found[0]):
+            raise PermissionDenied(f"{login.user_name} is not a member or leader of group {found[1]!r}; "
                                    "ask one of its leaders or an admin to add you")
-        self._factory.group_id = login.group_id = found[0]  # new objects of this session go there too
-        return GroupInfo(found[0], found[1], True, False)
+        self._update_session(login, _sql.SET_SESSION_GROUP, {"group_id": found[0]})
+        self._factory.group_id = login.group_id = found[0]  # new objects of this session go there now
+        return GroupInfo(found[0], found[1], True, found[0] in principal.led)
+
+    def set_idle_timeout(self, login: Login[LocalHandle], seconds: int) -> int:
+        """This session's own idle timeout, in seconds: at least 1, at most the configured
+        ``session_max_idle_timeout`` and ``session_max_lifetime`` (where they are not 0)."""
+        seconds = idle_seconds(seconds)
+        if login.is_guest:
+            raise PermissionDenied(_GUEST_SETTINGS)
+        configuration = self._factory.configuration
+        limits = [(configuration.session_max_idle_timeout, "session_max_idle_timeout"),
+                  (configuration.session_max_lifetime, "session_max_lifetime")]
+        for limit, name in limits:
+            if 0 < limit < seconds:
+                raise PermissionDenied(f"an idle timeout of {seconds} s is more than this installation allows: "
+                                       f"at most {limit} s ({name}; an admin may change it)")
+        self._outside_transaction("changing the idle timeout")
+        row = self._update_session(login, _sql.SET_SESSION_IDLE_TIMEOUT, {"seconds": seconds})
+        login.idle_timeout = row[0]
+        return int(row[0])
+
+    def _principal_now(self, login: Login[LocalHandle]) -> Principal:
+        """The login's user and rights as the rows say now (memberships may have changed since the
+        unit of work began); SessionKeyError once the session has ended."""
+        params = {"session_id": login.handle.session_id, "touch_every": _RESUME_TOUCH_EVERY,
+                  **_sql.config_defaults()}
+        with self._db.errors(), self._db.autocommit() as conn:
+            row = conn.execute(_sql.REFRESH, params).fetchone()
+        if row is None:
+            raise SessionKeyError(_BAD_KEY)
+        principal = self._login_from_row(login.key, row).principal
+        assert principal is not None
+        return principal
+
+    def _outside_transaction(self, what: str) -> None:
+        if self._factory.in_transaction:
+            raise SessionError(f"{what} commits as it goes: commit or roll back the open transaction first")
+
+    def _update_session(self, login: Login[LocalHandle], statement: str, params: dict[str, Any]) -> tuple[Any, ...]:
+        """One change to the login's own session row, while it lives; SessionKeyError once it has ended."""
+        params = {"session_id": login.handle.session_id, **params, **_sql.config_defaults()}
+        with self._db.errors(), self._db.autocommit() as conn:
+            row = conn.execute(statement, params).fetchone()
+        if row is None:
+            raise SessionKeyError(_BAD_KEY)
+        return tuple(row)
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -223,23 +260,25 @@ class LocalBackend(AuthBackend[LocalHandle]):
               su: bool = False) -> Login[LocalHandle]:
         key = _keys.new_key()
         params = {"digest": _keys.digest(key), "user_id": user_id, "host": host, "agent": agent,
-                  "sudo_by": sudo_by, "su": su, **_config_defaults()}
+                  "sudo_by": sudo_by, "su": su, **_sql.config_defaults()}
         with self._db.errors(), self._db.autocommit() as conn:
             row = conn.execute(_sql.OPEN, params).fetchone()
         assert row is not None
         return self._login_from_row(key, row)
 
     def _login_from_row(self, key: str, row: tuple[Any, ...]) -> Login[LocalHandle]:
-        (session_id, user_id, name, group_id, started, last_access, host, sudo_by,
-         is_admin, is_guest, is_super, member_of, leads, confined_to) = row
+        (session_id, user_id, name, default_group, session_group, idle_timeout, started, last_access, host,
+         sudo_by, is_admin, is_guest, is_super, member_of, leads, confined_to) = row
         principal = Principal(
             user_id=user_id, name=name, is_super=is_super, is_admin=is_admin, is_guest=is_guest,
             groups=frozenset(member_of), led=frozenset(leads),
             confined_to=None if confined_to is None else frozenset(confined_to),
         )
+        # The session's own group while the user may still use it, else his default group.
+        group_id = session_group if principal.may_use_group(session_group) else default_group
         return Login(
             key=key, experimenter_id=user_id, user_name=name, handle=LocalHandle(session_id), group_id=group_id,
-            started=started, last_access=last_access, host=host, sudo_by=sudo_by,
+            started=started, last_access=last_access, host=host, sudo_by=sudo_by, idle_timeout=idle_timeout,
             is_admin=principal.admin, is_guest=is_guest, is_super=principal.admin and is_super,
             acl=principal.acl(), principal=principal,
         )

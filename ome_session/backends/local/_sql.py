@@ -1,32 +1,45 @@
 """The local backend's statements, and the rules of a session row they are made of.
 
 A session row (``ome_sessions``) is over for one of three reasons (``ENDED``): it was closed
-(logged out, or found dead), it went unused longer than the idle timeout, or it outlived its
-absolute lifetime. It is live when none holds and its user may still be in. The purge of
-``_maintenance`` deletes by the same reasons, each matching a partial index of the schema.
+(logged out, or found dead), it went unused longer than its idle timeout (``IDLE_TIMEOUT``), or it
+outlived its absolute lifetime. It is live when none holds and its user may still be in. The purge
+of ``_maintenance`` deletes by the same reasons.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from psycopg import sql
 
 from ..._conditions import SUPER_USER_SQL, active_admin
+from ...configuration import VARIABLES
 
-# Why a session row ``s`` is over, given the idle timeout in seconds as ``{idle}`` (0: none).
+# The idle timeout of a session row ``s`` in seconds (0: none), given ``{cfg}``, the configuration
+# (``CFG``): the session's own when it has one (never above the configured maximum as it is now),
+# else the configured default. The one source of a session's idle timeout.
+IDLE_TIMEOUT = ("CASE WHEN {s}.idle_timeout IS NULL THEN {cfg}.idle WHEN {cfg}.max_idle > 0 "
+                "THEN least({s}.idle_timeout, {cfg}.max_idle) ELSE {s}.idle_timeout END")
+
+# Why a session row ``s`` is over, given the configuration as ``{cfg}``.
 ENDED = {
     "closed": "{s}.closed_at IS NOT NULL",
-    "idle": "{s}.closed_at IS NULL AND {idle} > 0 AND {s}.last_access <= now() - {idle} * interval '1 second'",
+    "idle": "{s}.closed_at IS NULL AND ({idle}) > 0 AND {s}.last_access <= now() - ({idle}) * interval '1 second'",
     "expired": "{s}.closed_at IS NULL AND {s}.expires_at <= now()",
 }
 
 
-def ended(reason: str, s: str, idle: str) -> str:
-    return ENDED[reason].format(s=s, idle=idle)
+def idle_timeout(s: str, cfg: str = "cfg") -> str:
+    return IDLE_TIMEOUT.format(s=s, cfg=cfg)
 
 
-def live(s: str, idle: str) -> str:
+def ended(reason: str, s: str, cfg: str = "cfg") -> str:
+    return ENDED[reason].format(s=s, idle=idle_timeout(s, cfg))
+
+
+def live(s: str, cfg: str = "cfg") -> str:
     """A row none of ``ENDED`` holds for (a missing limit, NULL, is no limit)."""
-    return " AND ".join(f"NOT coalesce({ended(reason, s, idle)}, false)" for reason in ENDED)
+    return " AND ".join(f"NOT coalesce({ended(reason, s, cfg)}, false)" for reason in ENDED)
 
 
 def close(where: str) -> str:
@@ -42,10 +55,19 @@ CLOSE_BY_DIGEST = close("s.key_digest = %s")
 # at no extra round trip. Defaults come from configuration.VARIABLES as parameters. A stored value
 # these statements cannot use (``usable`` is false: written before the database checked values)
 # is ignored, never a failure; reading the configuration logs an error about it.
+def config_defaults() -> dict[str, Any]:
+    """The declared defaults ``CFG`` falls back on when a variable is not set."""
+    return {"idle_default": VARIABLES["session_idle_timeout"].default(),
+            "max_idle_default": VARIABLES["session_max_idle_timeout"].default(),
+            "lifetime_default": VARIABLES["session_max_lifetime"].default()}
+
+
 CFG = """
 cfg AS (
     SELECT coalesce((SELECT CASE WHEN usable THEN (value #>> '{}')::bigint END FROM configuration
                      WHERE name = 'session_idle_timeout'), %(idle_default)s) AS idle,
+           coalesce((SELECT CASE WHEN usable THEN (value #>> '{}')::bigint END FROM configuration
+                     WHERE name = 'session_max_idle_timeout'), %(max_idle_default)s) AS max_idle,
            coalesce((SELECT CASE WHEN usable THEN (value #>> '{}')::bigint END FROM configuration
                      WHERE name = 'session_max_lifetime'), %(lifetime_default)s) AS lifetime,
            coalesce((SELECT CASE WHEN usable THEN (value #>> '{}')::boolean END FROM configuration
@@ -55,12 +77,15 @@ cfg AS (
 )"""
 
 # The columns a Login is built from, given a ``s`` row of ome_sessions and ``e`` of experimenters,
-# with index lookups only: the groups the user belongs to (memberships and default group), the
-# groups he leads, and, for a session a group leader opened as a member (sudo by someone who is
-# not an admin), the groups that session is confined to. The super user counts only while he is
+# with index lookups only: the session's own group (whether the user may still use it is judged
+# by the backend, on the Principal these columns make), the session's idle timeout, the groups the
+# user belongs to (memberships and default group), the groups he leads, and, for a session a group
+# leader opened as a member (sudo by someone who is not an admin), the groups that session is
+# confined to. The super user counts only while he is
 # an active admin: a super_user value naming anybody else names nobody.
 LOGIN_COLUMNS = f"""
-    s.id, e.id, e.ome_name, e.group_id, s.started, s.last_access, s.host, s.sudo_by,
+    s.id, e.id, e.ome_name, e.group_id, s.group_id, {idle_timeout("s")}, s.started, s.last_access, s.host,
+    s.sudo_by,
     e.is_admin, e.is_guest, coalesce(e.id = cfg.super_user AND {active_admin("e")}, false) AS is_super,
     ARRAY(SELECT m.group_id FROM experimenter_group_map m WHERE m.experimenter_id = e.id
           UNION SELECT e.group_id WHERE e.group_id IS NOT NULL) AS member_of,
@@ -94,7 +119,7 @@ FROM s JOIN experimenters e ON e.id = s.experimenter_id CROSS JOIN cfg
 """
 
 # A live row whose user may still be in: active and, for guests, guest access allowed.
-_LIVE = f"{live('s', 'cfg.idle')} AND e.active AND (NOT e.is_guest OR cfg.allow_guest)"
+_LIVE = f"{live('s')} AND e.active AND (NOT e.is_guest OR cfg.allow_guest)"
 
 
 def _check_and_touch(which: str, returning: str) -> str:
@@ -109,8 +134,8 @@ def _check_and_touch(which: str, returning: str) -> str:
     return f"""
 WITH {CFG}, hit AS (
     SELECT s.id, ({_LIVE}) AS live,
-           s.last_access < clock_timestamp() - interval '1 second' * CASE WHEN cfg.idle = 0
-               THEN %(touch_every)s ELSE least(%(touch_every)s, cfg.idle / 10.0) END AS stale
+           s.last_access < clock_timestamp() - interval '1 second' * CASE WHEN {idle_timeout("s")} = 0
+               THEN %(touch_every)s ELSE least(%(touch_every)s, ({idle_timeout("s")}) / 10.0) END AS stale
     FROM ome_sessions s JOIN experimenters e ON e.id = s.experimenter_id CROSS JOIN cfg
     WHERE {which}
 ), dead AS (
@@ -121,7 +146,7 @@ WITH {CFG}, hit AS (
     RETURNING s.id, s.last_access
 ), s AS (
     SELECT o.id, o.experimenter_id, o.started, coalesce(t.last_access, o.last_access) AS last_access,
-           o.host, o.sudo_by
+           o.host, o.sudo_by, o.group_id, o.idle_timeout
     FROM hit JOIN ome_sessions o ON o.id = hit.id LEFT JOIN touched t ON t.id = hit.id
     WHERE hit.live
 )
@@ -132,6 +157,7 @@ FROM s JOIN experimenters e ON e.id = s.experimenter_id CROSS JOIN cfg
 
 RESUME = _check_and_touch("s.key_digest = %(digest)s", LOGIN_COLUMNS)
 TOUCH = _check_and_touch("s.id = %(session_id)s", "s.last_access")
+REFRESH = _check_and_touch("s.id = %(session_id)s", LOGIN_COLUMNS)
 
 SUPER_USER = sql.SQL("SELECT {}").format(sql.SQL(SUPER_USER_SQL))
 
@@ -142,17 +168,34 @@ SELECT t.id FROM experimenters t
 WHERE t.ome_name = %s AND t.active AND {} AND {}
 """)
 
-# The user's groups: memberships and the default group (the session's group, where new objects go).
+# The user's groups: memberships, the default group and the groups he leads; ``current`` is the
+# session's group (where new objects go), given as a parameter.
 USER_GROUPS = """
-SELECT g.id, g.name, g.id = e.group_id, g.leader_id IS NOT DISTINCT FROM e.id
-FROM experimenters e JOIN groups g ON g.id = e.group_id OR g.id IN (
+SELECT g.id, g.name, g.id IS NOT DISTINCT FROM %(current)s, g.leader_id IS NOT DISTINCT FROM e.id
+FROM experimenters e JOIN groups g ON g.id = e.group_id OR g.leader_id = e.id OR g.id IN (
     SELECT m.group_id FROM experimenter_group_map m WHERE m.experimenter_id = e.id)
-WHERE e.id = %s
+WHERE e.id = %(user_id)s
 ORDER BY g.name
 """
 
 FIND_GROUP = "SELECT id, name FROM groups WHERE name = %(name)s OR id = %(id)s ORDER BY name = %(name)s DESC LIMIT 1"
 
-# The permission gate's condition (membership of the new group, for a user) is checked in the
-# same statement as the change, so no removal can slip in between.
-SET_DEFAULT_GROUP = sql.SQL("UPDATE experimenters AS {} SET group_id = %s WHERE {}.id = %s AND {}")
+# A live session's own settings. Only the session's row: the user's default group never moves.
+SET_SESSION_GROUP = f"""
+WITH {CFG}
+UPDATE ome_sessions s SET group_id = %(group_id)s FROM cfg WHERE s.id = %(session_id)s AND {live('s')}
+RETURNING s.group_id
+"""
+SET_SESSION_IDLE_TIMEOUT = f"""
+WITH {CFG}
+UPDATE ome_sessions s SET idle_timeout = %(seconds)s FROM cfg WHERE s.id = %(session_id)s AND {live('s')}
+RETURNING {idle_timeout("s")}
+"""
+
+# A session's times as the expiry rule sees them: its idle timeout (its own, and in effect), last
+# access, absolute expiry, and the database's clock.
+SESSION_TIMES = f"""
+WITH {CFG}
+SELECT {idle_timeout("s")}, s.idle_timeout, s.last_access, s.expires_at, now()
+FROM ome_sessions s CROSS JOIN cfg WHERE s.id = %(session_id)s
+"""
