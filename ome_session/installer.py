@@ -15,7 +15,7 @@ from . import __version__, _migrations, _prompt, admin
 from ._settings import EMBEDDED_DBNAME, Settings, resolve_dsn, settings_path, write_settings
 from .configuration import Configuration
 from .errors import ConfigurationError
-from .model import Experimenter, ExperimenterGroupMap, Group, UserState
+from .model import Experimenter, Group, UserState
 from .session import Session
 
 Report = Callable[[str], None]
@@ -97,6 +97,8 @@ def _database(dsn: str | None, report: Report) -> Settings:
 
 
 def _first_admin(session: Session, name: str, password: str | None, report: Report) -> tuple[int, bool]:
+    """The first admin, made through the administration API like any user (in the installer's
+    one transaction: a bootstrap session's calls join it)."""
     factory = session.factory
     existing = factory.find_object(Experimenter, ome_name=name)
     if existing is not None:
@@ -105,15 +107,13 @@ def _first_admin(session: Session, name: str, password: str | None, report: Repo
         report(f"admin: {name} exists, password kept")
         return int(existing.id), False
     password = password or _admin_password(name)
-    group = factory.maybe_new_object(Group, name=ADMIN_GROUP)
-    user = factory.new_object(Experimenter, ome_name=name, first_name="OME", last_name="Administrator",
-                              group=group, is_admin=True)
-    admin.set_password(user, password)  # type: ignore[arg-type]
-    factory.new_object(ExperimenterGroupMap, experimenter=user, group=group)
+    group: Group | None = factory.find_object(Group, name=ADMIN_GROUP)  # type: ignore[assignment]
+    if group is None:
+        group = admin.add_group(ADMIN_GROUP)
+    user = admin.add_user(name, "OME", "Administrator", password=password, groups=[group], admin=True)
     factory.maybe_new_object(UserState, experimenter=user)
     if group.leader_id is None:  # type: ignore[attr-defined]
-        group.leader = user  # type: ignore[attr-defined]
-        group.store()
+        admin.set_group_owner(group, user)
     report(f"admin: created {name} (id {user.id}) in group {ADMIN_GROUP}")
     return int(user.id), True
 
