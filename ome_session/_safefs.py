@@ -157,9 +157,11 @@ def private_file_exists(dir_fd: int, name: str, *, shown: str, fix: str) -> bool
     return True
 
 
-def write_atomic(dir_fd: int, name: str, data: bytes) -> None:
+def write_atomic(dir_fd: int, name: str, data: bytes, *, group: int | None = None) -> None:
     """Replace ``name`` in the directory ``dir_fd`` by a 0600 file holding ``data``: a crash at any
-    point leaves the old content or the new one."""
+    point leaves the old content or the new one. With ``group`` (a gid), the file is 0640 and
+    belongs to that group: readable by its members, and by nobody else, from the first moment
+    it has its name."""
     tmp = f"{TMP_PREFIX}{secrets.token_hex(8)}"
     fd = new_file(tmp, dir_fd=dir_fd)
     try:
@@ -167,6 +169,9 @@ def write_atomic(dir_fd: int, name: str, data: bytes) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
+            if group is not None:
+                os.fchown(fd, -1, group)
+                os.fchmod(fd, 0o640)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -178,11 +183,11 @@ def write_atomic(dir_fd: int, name: str, data: bytes) -> None:
     os.fsync(dir_fd)  # the rename itself survives a power cut
 
 
-def write_file_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+def write_file_atomic(path: str | os.PathLike[str], data: bytes, *, group: int | None = None) -> None:
     """``write_atomic`` by path; the directory is the caller's choice, so it is followed as given."""
     directory, name = os.path.split(os.path.abspath(path))
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        write_atomic(dir_fd, name, data)
+        write_atomic(dir_fd, name, data, group=group)
     finally:
         os.close(dir_fd)

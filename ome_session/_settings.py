@@ -3,7 +3,10 @@
 The first of these wins: the ``dsn`` argument; ``OME_SESSION_DSN``; the settings file the installer
 wrote (``OME_SESSION_CONFIG``, else the user config directory, else ``/etc/ome-session/``); the
 embedded cluster in the user's data directory if one was installed. The settings file may hold a
-password, so it must not be readable by others; no message ever prints a DSN's password.
+password, so it must not be readable by others; no message ever prints a DSN's password. A settings
+file says which database to trust with everything: only root's or one's own is read, and never
+one that others can change. One readable by its group is accepted only when it names a service
+account (``service_user``) of that group (see ``_service_account``).
 
 The settings file also names the backend (``"backend"``, one of the registry's, ``local`` by
 default). A remote backend needs no database: its options (the server) are the object named after
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +25,12 @@ from typing import Any
 
 import platformdirs
 
-from . import _safefs
+from . import _safefs, _service_account
 from ._connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREPARE_THRESHOLD
 from .backends import NAMES, REGISTRY
 from .errors import ConfigurationError
 
-SYSTEM_SETTINGS = Path("/etc/ome-session/settings.json")
+SYSTEM_SETTINGS = _service_account.SYSTEM_SETTINGS
 EMBEDDED_DBNAME = "ome_session"
 _NOT_FOUND = (
     "no database configured: run `ome-session install` (it sets up a private PostgreSQL cluster, "
@@ -45,6 +49,7 @@ class Settings:
     connect_timeout: int = DEFAULT_CONNECT_TIMEOUT
     # None switches off server-side prepared statements (pgbouncer in transaction mode).
     prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD
+    service_user: str | None = None  # the account that may read the settings file too
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -59,6 +64,8 @@ class Settings:
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"backend": self.backend, "connect_timeout": self.connect_timeout,
                                 "prepare_threshold": self.prepare_threshold, **self.extra}
+        if self.service_user:
+            data["service_user"] = self.service_user
         if self.embedded_datadir:
             data["embedded"] = {"datadir": self.embedded_datadir, "dbname": EMBEDDED_DBNAME}
         elif self.dsn:
@@ -129,18 +136,23 @@ def _from_file(path: Path) -> Settings:
     prepare = data.get("prepare_threshold", DEFAULT_PREPARE_THRESHOLD)
     if prepare is not None and not isinstance(prepare, int):
         raise ConfigurationError(f"{path}: prepare_threshold must be an integer or null")
-    known = ("dsn", "embedded", "connect_timeout", "prepare_threshold", "backend")
+    known = ("dsn", "embedded", "connect_timeout", "prepare_threshold", "backend", "service_user")
     extra = {k: v for k, v in data.items() if k not in known}
     backend = str(data.get("backend", "local"))
+    service = data.get("service_user")
+    if service is not None and not isinstance(service, str):
+        raise ConfigurationError(f"{path}: service_user must be an account name")
+    _check_trusted(path, info)
     embedded = data.get("embedded")
     if isinstance(embedded, dict) and embedded.get("datadir"):
         settings = _embedded(str(embedded["datadir"]), source)
     elif isinstance(data.get("dsn"), str) and data["dsn"]:
         dsn = data["dsn"]
-        if _has_password(dsn) and info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        if _has_password(dsn) and _read_by_others(info, service):
             raise ConfigurationError(
                 f"settings file {path} holds a password and is readable by others: chmod 600 {path}"
-            )
+                + ("" if service else " (or name the service account that reads it: `ome-session install "
+                                      "--service-user ACCOUNT`)"))
         settings = Settings(dsn=dsn, source=source)
     elif REGISTRY[backend].remote:
         settings = Settings(dsn="", source=source)  # the sessions live on the backend's server
@@ -149,8 +161,25 @@ def _from_file(path: Path) -> Settings:
     settings.backend = backend
     settings.connect_timeout = timeout
     settings.prepare_threshold = prepare
+    settings.service_user = service
     settings.extra = extra
     return settings
+
+
+def _check_trusted(path: Path, info: os.stat_result) -> None:
+    if info.st_uid not in (0, os.geteuid()):
+        raise ConfigurationError(f"settings file {path} belongs to uid {info.st_uid}, neither root nor you: "
+                                 "use your own settings (OME_SESSION_CONFIG) or root's")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigurationError(f"settings file {path} is writable by others (mode "
+                                 f"{stat.S_IMODE(info.st_mode):04o}): chmod go-w {path}")
+
+
+def _read_by_others(info: os.stat_result, service: str | None) -> bool:
+    """Whether anyone but its owner (and the named service account's group) can read the file."""
+    if info.st_mode & stat.S_IRWXO:
+        return True
+    return bool(info.st_mode & stat.S_IRWXG) and not _service_account.readable_by_group_of(service, info.st_gid)
 
 
 def _embedded(datadir: str, source: str) -> Settings:
@@ -165,12 +194,22 @@ def _embedded(datadir: str, source: str) -> Settings:
     return Settings(dsn=cluster.dsn(EMBEDDED_DBNAME), source=source, embedded_datadir=datadir)
 
 
-def write_settings(settings: Settings, path: Path | None = None) -> Path:
-    """Write the settings file atomically with mode 0600 (it may hold a password)."""
+def write_settings(settings: Settings, path: Path | None = None, *,
+                   account: pwd.struct_passwd | None = None) -> Path:
+    """Write the settings file atomically with mode 0600 (it may hold a password); for another
+    service ``account``, 0640 with that account's group, in a directory it can reach."""
     path = path or settings_path()
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    text = json.dumps(settings.to_json(), indent=2, sort_keys=True) + "\n"
-    _safefs.write_file_atomic(path, text.encode("utf-8"))
+    text = (json.dumps(settings.to_json(), indent=2, sort_keys=True) + "\n").encode("utf-8")
+    if account is None or account.pw_uid == os.geteuid():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _safefs.write_file_atomic(path, text)
+        return path
+    _service_account.prepare_directory(path.parent, account)
+    try:
+        _safefs.write_file_atomic(path, text, group=account.pw_gid)
+    except PermissionError as exc:
+        raise ConfigurationError(f"cannot give {path} to the group of {account.pw_name!r} ({exc.strerror}): "
+                                 "install as root, or as a member of that group") from exc
     return path
 
 

@@ -21,8 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import _fork, _safefs
+from .errors import ConfigurationError
 
-__all__ = ["TempFiles", "default_root", "reap"]
+__all__ = ["TempFiles", "account_root", "default_root", "reap"]
 
 _log = logging.getLogger(__name__)
 
@@ -40,6 +41,16 @@ _ATTEMPTS = 100
 def default_root() -> Path:
     """Where temporary files go when configuration names no ``tmp_dir``: one root per user."""
     return Path(tempfile.gettempdir()) / f"ome-session-{os.getuid()}"
+
+
+def account_root(shared: str | os.PathLike[str]) -> Path:
+    """This account's root inside a configured ``tmp_dir``: ``<tmp_dir>/<uid>``.
+
+    The configured directory is the installation's, shared by every account that uses it (root
+    running an installer, ``www-data`` serving requests), as ``/tmp`` is: each account has its
+    own private root in it, so the first to come never makes it unusable for the others.
+    """
+    return Path(shared) / str(os.getuid())
 
 
 def _check_name(value: str, what: str) -> None:
@@ -61,9 +72,33 @@ def _fix(path: Path) -> str:
     return f"point tmp_dir at a directory of your own with mode 0700 (e.g. remove {path})"
 
 
-def _make_private_dir(path: Path, what: str, parents: bool = False) -> None:
+def _make_private_dir(path: Path, what: str) -> None:
     """Create *path* as 0700 if missing, then check that whatever is there is really ours."""
-    _safefs.private_dir(path, what=what, fix=_fix(path), parents=parents)
+    _safefs.private_dir(path, what=what, fix=_fix(path))
+
+
+def make_shared_dir(shared: Path) -> None:
+    """The directory every account's root is in, made when missing as /tmp is (1777: anyone may
+    add a directory, only its owner may remove it; parents searchable), and never a symlink,
+    which could lead anywhere."""
+    if not os.path.lexists(shared):
+        for directory in reversed(shared.parents):
+            if not directory.exists():
+                with contextlib.suppress(FileExistsError):
+                    directory.mkdir()
+                    directory.chmod(0o755)
+        with contextlib.suppress(FileExistsError):
+            shared.mkdir()
+            shared.chmod(0o1777)
+    if shared.is_symlink():
+        raise ConfigurationError(f"temporary-file directory {shared} is a symlink (a symbolic link could lead "
+                                 "anywhere); point tmp_dir at a real directory")
+
+
+def _make_root(root: Path) -> None:
+    """This account's private root, in the directory shared by every account."""
+    make_shared_dir(root.parent)
+    _make_private_dir(root, "temporary-file root")
 
 
 def _read_start_time(pid: int) -> str | None:
@@ -171,7 +206,7 @@ class TempFiles:
         with registry.lock:
             for _ in range(_ATTEMPTS):
                 directory = self.root / registry.dir_name
-                _make_private_dir(self.root, "temporary-file root", parents=True)
+                _make_root(self.root)
                 _make_private_dir(directory, "process temporary directory")
                 path = directory / f"{prog_name}-{secrets.token_hex(8)}.{extension}"
                 try:

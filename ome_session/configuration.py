@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 
 from . import _fork, _permissions
 from ._conditions import active_admin
-from ._tempfiles import default_root
+from ._tempfiles import account_root, default_root
 from .dbobject import check_json, check_text
 from .errors import ConfigurationError
 
@@ -36,14 +36,20 @@ class _Variable:
     kind: type | tuple[type, ...]
     default: Callable[[], Any]
     doc: str
+    read: Callable[[Any], Any] | None = None  # what a stored value means to this process
 
 
 def _default_tmp_dir() -> str:
     return str(default_root())
 
 
+def _account_tmp_dir(stored: str) -> str:
+    return str(account_root(stored))
+
+
 VARIABLES: dict[str, _Variable] = {
-    "tmp_dir": _Variable(str, _default_tmp_dir, "root of the per-process temporary directories"),
+    "tmp_dir": _Variable(str, _default_tmp_dir, "directory shared by every account: each has its private root in it",
+                         read=_account_tmp_dir),
     "super_user": _Variable(int, lambda: None, "experimenter id of the super user (sees everything)"),
     "allow_guest_access": _Variable(bool, lambda: False, "whether guest accounts may log in"),
     "session_idle_timeout": _Variable(int, lambda: 1800, "seconds a session may go unused (0 = no limit)"),
@@ -145,13 +151,23 @@ class Configuration:
         return self._values
 
     def get(self, name: str, default: Any = None) -> Any:
-        """The value of ``name``; its declared default (else ``default``) when it is not set."""
+        """The value of ``name``; its declared default (else ``default``) when it is not set.
+
+        A configured ``tmp_dir`` is shared by every account, so what it means to this process is
+        this account's root inside it (``<tmp_dir>/<uid>``); ``stored()`` gives the value itself.
+        """
         _check(name, None)
         values = self._load()
         if name in values:
-            return values[name]
+            read = VARIABLES[name].read
+            return values[name] if read is None else read(values[name])
         declared = VARIABLES[name].default()
         return declared if declared is not None else default
+
+    def stored(self, name: str) -> Any:
+        """The value stored for ``name`` as it is, or None when it is not set."""
+        _check(name, None)
+        return self._load().get(name)
 
     @property
     def tmp_dir(self) -> Path:

@@ -3,15 +3,21 @@
 Running it again upgrades only what is behind, duplicates nothing and keeps every row: the
 configuration is write-once, an existing admin keeps their password, and a database with a newer
 schema than this package is refused before anything changes.
+
+With a service account (``service_user``: the web server's ``www-data``, a worker's account), the
+settings file is left readable by that account and nobody else (see ``_service_account``), and
+the configured ``tmp_dir`` holds a private directory for it.
 """
 
 from __future__ import annotations
 
+import os
+import pwd
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__, _migrations, _prompt, admin
+from . import __version__, _migrations, _prompt, _service_account, _tempfiles, admin
 from ._settings import EMBEDDED_DBNAME, Settings, resolve_dsn, settings_path, write_settings
 from .configuration import Configuration
 from .errors import ConfigurationError
@@ -34,10 +40,17 @@ class InstallResult:
 
 
 def install(dsn: str | None = None, *, admin: str | None = None, admin_password: str | None = None,
-            tmp_dir: str | None = None, allow_guest: bool = False,
+            tmp_dir: str | None = None, allow_guest: bool = False, service_user: str | None = None,
             report: Report = print) -> InstallResult:
-    """Install or upgrade ome-session's database; prints each step through ``report``."""
-    settings = _database(dsn, report)
+    """Install or upgrade ome-session's database; prints each step through ``report``.
+
+    ``service_user`` names the account a service runs as, which must read the settings (see the
+    module docstring); a re-run without it keeps what the settings file says.
+    """
+    account = _service_account.service_account(service_user) if service_user is not None else None
+    if account is not None:
+        _service_account.check_reachable(_service_account.service_settings_path().parent, account)
+    settings = _database(dsn, report, for_service=account is not None)
     report(f"database: {settings.source}")
     session = Session.bootstrap_instance(settings.dsn)
     try:
@@ -66,22 +79,30 @@ def install(dsn: str | None = None, *, admin: str | None = None, admin_password:
             report(f"super user: {admin or 'admin'} (id {admin_id})")
         else:
             report(f"super user: kept (id {factory.configuration.super_user_id})")
+        shared = factory.configuration.stored("tmp_dir")
         session.commit_transaction()
         session.finish_bootstrap()
     except BaseException:
         Session.delete_instance(force=True)
         raise
-    path = _write_settings(settings, report)
+    if shared:
+        _prepare_tmp(Path(shared), account, report)
+    path = _write_settings(settings, report, account)
     report("done")
     return InstallResult(settings, path, applied, wrote, created, admin_id)
 
 
-def _database(dsn: str | None, report: Report) -> Settings:
+def _database(dsn: str | None, report: Report, *, for_service: bool = False) -> Settings:
     """The database to install into: the one configured, else a new embedded cluster."""
     try:
-        return resolve_dsn(dsn)
+        settings = resolve_dsn(dsn)
     except ConfigurationError:
-        pass
+        settings = None
+    if for_service and (settings is None or settings.embedded_datadir):
+        raise ConfigurationError("a service account needs a PostgreSQL server it can reach (--dsn or "
+                                 "OME_SESSION_DSN): the embedded cluster serves only the account that installed it")
+    if settings is not None:
+        return settings
     from . import _cluster
 
     cluster = _cluster.Cluster(_cluster.default_datadir())
@@ -133,11 +154,31 @@ def _long_enough(password: str) -> None:
         raise ValueError("the password needs at least 8 characters")
 
 
-def _write_settings(settings: Settings, report: Report) -> Path:
-    path = settings_path()
-    if settings.source.startswith("settings file"):
+def _prepare_tmp(shared: Path, account: pwd.struct_passwd | None, report: Report) -> None:
+    """The configured tmp_dir, shared like /tmp; with a service account, its private root in it."""
+    _tempfiles.make_shared_dir(shared)
+    if account is not None:
+        own = shared / str(account.pw_uid)
+        if not own.exists():
+            own.mkdir(mode=0o700)
+            os.chown(own, account.pw_uid, account.pw_gid)
+    report(f"temporary files: under {shared}, in a private directory per account")
+
+
+def _write_settings(settings: Settings, report: Report, account: pwd.struct_passwd | None) -> Path:
+    if account is not None:
+        settings.service_user = account.pw_name
+        path = write_settings(settings, _service_account.service_settings_path(), account=account)
+        if account.pw_uid == os.geteuid():
+            report(f"settings: wrote {path} (mode 0600: the service account {account.pw_name} installed it)")
+        else:
+            report(f"settings: wrote {path} (mode 0640, group {_service_account.group_name(account.pw_gid)}: "
+                   f"readable by {account.pw_name} and nobody else)")
+        return path
+    if settings.source.startswith("settings file "):
+        path = Path(settings.source.removeprefix("settings file "))
         report(f"settings: {path} kept")
         return path
-    write_settings(settings, path)
+    path = write_settings(settings, settings_path())
     report(f"settings: wrote {path} (mode 0600)")
     return path

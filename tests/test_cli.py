@@ -463,8 +463,8 @@ def test_group_switch_outside_the_users_groups_is_refused(lab: People) -> None:
 
 
 def test_tmp_reap_removes_only_the_directories_of_dead_processes(lab: People, tmp_path: Path) -> None:
-    root = tmp_path / "tmp"  # the tmp_dir the people fixture configured
-    root.mkdir(mode=0o700)
+    root = tmp_path / "tmp" / str(os.getuid())  # this account's, in the tmp_dir the people fixture configured
+    root.mkdir(mode=0o700, parents=True)
     gone = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     dead = root / f"{gone.pid}-{process_start_time(gone.pid)}"
     gone.communicate(b"")  # it exits and is reaped: its pid and start time now name nobody

@@ -59,10 +59,12 @@ def test_install_twice_leaves_identical_data_and_prints_each_step(empty_dsn: str
         "configuration: written",
         "admin: created root (id 1) in group system",
         "super user: root (id 1)",
+        f"temporary files: under {tmp_path / 'tmp'}, in a private directory per account",
         f"settings: wrote {settings} (mode 0600)",
         "done",
     ]
     assert stat.S_IMODE(settings.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "tmp").stat().st_mode) == 0o1777  # shared by every account, as /tmp is
     assert json.loads(settings.read_text())["dsn"] == empty_dsn
     installed = dump(empty_dsn)
     assert len(installed["experimenters"]) == 1 and installed["ome_sessions"] == []

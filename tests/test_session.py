@@ -292,8 +292,8 @@ def test_temporary_file_context_managers_clean_up_on_error(people: People) -> No
 
 
 def test_the_process_directory_of_a_dead_process_is_reaped_at_login(people: People, tmp_path: Path) -> None:
-    root = tmp_path / "tmp"
-    root.mkdir(mode=0o700)
+    root = tmp_path / "tmp" / str(os.getuid())  # this account's, in the configured tmp_dir
+    root.mkdir(mode=0o700, parents=True)
     pid = os.fork()
     if pid == 0:  # a child that dies leaving a directory behind
         from ome_session._tempfiles import TempFiles

@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "keeps the installed one); the password comes from OME_SESSION_ADMIN_PASSWORD or a prompt")
     p.add_argument("--tmp-dir", help="root of the temporary directories of sessions")
     p.add_argument("--allow-guest", action="store_true", help="let guest accounts log in")
+    p.add_argument("--service-user", metavar="ACCOUNT", help="the account a service runs as (www-data, ...): "
+                   "the settings file is left readable by it and nobody else (0640, its group), in "
+                   "/etc/ome-session unless OME_SESSION_CONFIG says where")
     p = command(sub, "db", "start, stop or show the embedded PostgreSQL cluster", _setup.db)
     p.add_argument("action", choices=["start", "stop", "status"])
     _add_login_arguments(command(sub, "login", "log in, or join a stored session", backend=True))

@@ -13,7 +13,7 @@ def install(ctx: Context) -> int:
     from .. import installer
 
     a = ctx.args
-    installer.install(a.dsn, admin=a.admin, tmp_dir=a.tmp_dir, allow_guest=a.allow_guest,
+    installer.install(a.dsn, admin=a.admin, tmp_dir=a.tmp_dir, allow_guest=a.allow_guest, service_user=a.service_user,
                       report=lambda line: print(line, flush=True))
     return 0
 

@@ -136,7 +136,7 @@ def _fresh_login(dsn: str, key: str) -> subprocess.Popen[str]:
 @pytest.mark.timeout(600)
 def test_killed_workers_leave_no_orphan_after_the_next_session_start_and_tmp_reap(
         people: People, key: str, live_workers: list[_Worker], tmp_path: Path, figures: Figures) -> None:
-    root = tmp_path / "tmp"
+    root = tmp_path / "tmp" / str(os.getuid())  # this account's, in the configured tmp_dir
     session = Session.instance()  # this process lives too, and holds a file of its own
     mine = session.get_temporary_filename("parent", "dat")
     mine.write_bytes(b"parent")
