@@ -25,6 +25,7 @@ _WROTE = "SELECT pg_current_xact_id_if_assigned() IS NOT NULL"
 def check_password(password: Any, name: str = "password") -> str:
     if not isinstance(password, str):
         raise TypeError(f"{name} is a str, not {type(password).__name__}")
+    # Not dbobject.check_text: its messages show the value, and a password is never shown.
     if not 0 < len(password) <= MAX_PASSWORD or "\x00" in password:
         raise ValueError(f"{name} must be 1 to {MAX_PASSWORD} characters, without NUL")
     try:
@@ -76,19 +77,20 @@ def check_email(value: Any) -> str | None:
     return email
 
 
-def check_names(values: Any, what: str, kind: type[DBObject]) -> list[Any]:
-    """A list of names (or objects of ``kind``) from a str, an object or an iterable of them."""
-    items = [values] if isinstance(values, (str, DBObject)) else values
+def check_names(values: Any, what: str, kind: type[DBObject], *, ids: bool = False) -> list[Any]:
+    """A list of names (objects of ``kind``, or ids if ``ids``) from one of them or an iterable."""
+    items = [values] if isinstance(values, (str, int, DBObject)) else values
     if not isinstance(items, Iterable):
         raise TypeError(f"{what} is a name, a {kind.__name__} or a list of them, not {type(values).__name__}")
     checked: list[Any] = []
     for item in items:
-        if isinstance(item, kind):
+        if isinstance(item, kind) or (ids and isinstance(item, int) and not isinstance(item, bool)):
             checked.append(item)
         elif isinstance(item, str):
             checked.append(check_name(item, what))
         else:
-            raise TypeError(f"{what} is a name or a {kind.__name__}, not {type(item).__name__}")
+            raise TypeError(f"{what} is a name{', an id' if ids else ''} or a {kind.__name__}, "
+                            f"not {type(item).__name__}")
     return checked
 
 

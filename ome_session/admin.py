@@ -60,6 +60,7 @@ _SET_HASH = sql.SQL("UPDATE experimenters SET password_hash = %s WHERE id = %s A
 _CLOSE_SESSIONS = ("UPDATE ome_sessions SET closed_at = now() "
                    "WHERE (experimenter_id = %(id)s OR sudo_by = %(id)s) AND closed_at IS NULL")
 _LOCK_GROUP = "SELECT leader_id FROM groups WHERE id = %s FOR UPDATE"
+_SUPER_USER = "SELECT %s = " + _permissions.SUPER_USER_SQL
 
 
 @dataclass(frozen=True)
@@ -93,18 +94,19 @@ class GroupInfo:
 
 
 def add_user(name: str, first_name: str, last_name: str, *, password: str | None = None,
-             groups: Iterable[Group | str] | str = (), admin: bool = False, guest: bool = False,
+             groups: Iterable[Group | str | int] | str = (), admin: bool = False, guest: bool = False,
              email: str | None = None, institution: str | None = None) -> Experimenter:
     """Create an active user (admins only) and return him.
 
     ``password=None`` leaves him without one: he cannot log in with a password until one is set
-    (an LDAP install checks such users against the directory). The first of ``groups`` is his
-    default group; he is a member of each. ``ValueError`` if the name is taken or a group unknown.
+    (an LDAP install checks such users against the directory). The first of ``groups`` (names,
+    ids or Groups) is the default group; the user is a member of each. ``ValueError`` if the
+    name is taken or a group unknown.
     """
     check_user_name(name)
     check_name(first_name, "first name", empty=True)
     check_name(last_name, "last name", empty=True)
-    wanted = check_names(groups, "group", Group)
+    wanted = check_names(groups, "group", Group, ids=True)
     if password is not None:
         check_password(password)
     check_email(email)
@@ -202,7 +204,11 @@ def _set_active(user: UserRef, active: bool) -> bool:
     verb = "activate_user()" if active else "deactivate_user()"
     with unit_of_work(verb) as factory:
         found: Any = _user(factory, user)
-        _permissions.may_write(factory.principal, "update", Experimenter, {"active": active}, (found.id,))
+        principal = factory.principal
+        _permissions.may_write(principal, "update", Experimenter, {"active": active}, (found.id,))
+        if not active and not principal.trusted and _is_super_user(factory, found.id):  # the gate refuses too
+            raise PermissionDenied(f"{principal.name} ({principal.role}) may not deactivate {found.ome_name}: the "
+                                   "super user is never deactivated (make someone else the super user first)")
         changed = found.active != active
         if changed:
             found.active = active
@@ -279,10 +285,10 @@ def remove_members(group: GroupRef, users: Iterable[UserRef] | UserRef) -> list[
         for user in dict.fromkeys(people):
             _permissions.may_write(factory.principal, "delete", ExperimenterGroupMap, {}, (user.id, found.id))
             if user.group_id == found.id:
-                raise ValueError(f"{found.name} is {user.ome_name}'s default group: give him another default "
+                raise ValueError(f"{found.name} is {user.ome_name}'s default group: give them another default "
                                  "group first")
             if found.leader_id == user.id:
-                raise ValueError(f"{user.ome_name} owns {found.name}: remove him as its owner first")
+                raise ValueError(f"{user.ome_name} owns {found.name}: end that ownership first")
             link = _membership(factory, user, found)
             if link is not None:
                 link.delete()
@@ -312,7 +318,8 @@ def set_group_owner(group: GroupRef, user: UserRef, *, replace: bool = False) ->
         if current is not None and not replace:
             previous: Any = factory.load_object(Experimenter, current)
             raise ValueError(f"{found.name} is owned by {previous.ome_name if previous else current}: a group has "
-                             "one owner here; remove that owner first, or replace him")
+                             "one owner here; end that ownership first, or replace the owner (replace=True, "
+                             "or the command's --replace)")
         if _membership(factory, owner, found) is None and owner.group_id != found.id:
             factory.new_object(ExperimenterGroupMap, experimenter=owner, group=found)
         found.leader = owner
@@ -381,6 +388,12 @@ def _group(factory: Factory, group: GroupRef) -> Group:
 
 def _membership(factory: Factory, user: Any, group: Any) -> Any:
     return factory.find_object(ExperimenterGroupMap, experimenter_id=user.id, group_id=group.id)
+
+
+def _is_super_user(factory: Factory, user_id: int) -> bool:
+    with factory._connection.errors():
+        row = factory.obtain_dbh().execute(_SUPER_USER, (user_id,)).fetchone()
+    return bool(row and row[0])
 
 
 def _locked_owner(factory: Factory, group_id: int) -> int | None:

@@ -2,7 +2,9 @@
 
 The server is started by the tests themselves (see ``helpers.throwaway_cluster``) and removed afterwards. Each
 test gets its own database cloned from a migrated template, its own temporary directory root,
-settings file and key store, and leaves no session behind.
+settings file and key store, and leaves no session behind. The lab's people are made once per run,
+in a template of their own, through the public administration API, as an installer would make
+them (argon2 costs a quarter of a second per password: once is enough).
 """
 
 from __future__ import annotations
@@ -11,25 +13,31 @@ import itertools
 import os
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
 
-from ome_session import Configuration, Session, _migrations
+from ome_session import Configuration, Session, _migrations, admin
 from ome_session._cluster import Cluster
 from tests.helpers import (
     REQUIRE_VARIABLE,
     People,
     ServerLog,
     password,
-    password_hash,
+    query,
     required_parts,
     throwaway_cluster,
 )
 
 TEMPLATE = "ome_template"
+PEOPLE_TEMPLATE = "ome_people_template"
+# The lab: name -> (group, admin, guest). Groups are made in this order, then users.
+LAB_GROUPS = ("system", "lab_a", "lab_b", "guests")
+LAB = {"root": ("system", True, False), "lena": ("lab_a", False, False), "alice": ("lab_a", False, False),
+       "bob": ("lab_a", False, False), "carol": ("lab_b", False, False), "guest": ("guests", False, True)}
 _counter = itertools.count()
 
 
@@ -56,23 +64,63 @@ def pg_cluster() -> Iterator[Cluster]:
         yield cluster
 
 
+@contextmanager
+def _clone(cluster: Cluster, template: str) -> Iterator[str]:
+    """A new database copied from ``template``, dropped afterwards; yields its DSN."""
+    name = f"t{os.getpid()}_{next(_counter)}"
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template)))
+    try:
+        yield cluster.dsn(name)
+    finally:
+        Session.delete_instance(force=True)
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 @pytest.fixture
 def db_dsn(pg_cluster: Cluster) -> Iterator[str]:
     """A fresh database with the current schema and nothing else."""
-    name = f"t{os.getpid()}_{next(_counter)}"
+    with _clone(pg_cluster, TEMPLATE) as dsn:
+        yield dsn
+
+
+@pytest.fixture(scope="session")
+def people_template(pg_cluster: Cluster) -> tuple[dict[str, int], dict[str, int]]:
+    """The lab's database, made once through ``ome_session.admin`` in a bootstrap session (trusted
+    code, as the installer): the ids of the people and of the groups."""
     with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(TEMPLATE)))
-    yield pg_cluster.dsn(name)
-    Session.delete_instance(force=True)
-    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(PEOPLE_TEMPLATE),
+                                                                      sql.Identifier(TEMPLATE)))
+    dsn = pg_cluster.dsn(PEOPLE_TEMPLATE)
+    session = Session.bootstrap_instance(dsn)
+    try:
+        for group in LAB_GROUPS:
+            admin.add_group(group)
+        for name, (group, is_admin, is_guest) in LAB.items():
+            admin.add_user(name, name.title(), "Tester", password=password(name), groups=[group], admin=is_admin,
+                           guest=is_guest)
+        admin.set_group_owner("lab_a", "lena")
+        admin.set_group_owner("system", "root")
+        root = session.factory.find_object("Experimenter", ome_name="root")
+        assert root is not None
+        Configuration.update(session.factory, {"super_user": root.id})
+        session.commit_transaction()
+        session.finish_bootstrap()
+    finally:
+        Session.delete_instance(force=True)
+        Configuration.flush()
+    ids = dict(query(dsn, "SELECT ome_name, id FROM experimenters"))
+    groups = dict(query(dsn, "SELECT name, id FROM groups"))
+    return ids, groups
 
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Nothing of the developer's own setup leaks in, and no session leaks out."""
-    for name in ("OME_SESSION_DSN", "OME_SESSION_PASSWORD", "OME_SESSION_ADMIN_PASSWORD", "OMERO_SESSIONDIR",
-                 "OME_SESSION_BACKEND", "OME_SESSION_OMERO_ARGS", "OME_SESSION_PREPARE_THRESHOLD"):
+    for name in ("OME_SESSION_DSN", "OME_SESSION_PASSWORD", "OME_SESSION_ADMIN_PASSWORD", "OME_SESSION_NEW_PASSWORD",
+                 "OMERO_SESSIONDIR", "OMERO_SESSION_DIR", "OMERO_PASSWORD", "OME_SESSION_BACKEND",
+                 "OME_SESSION_OMERO_ARGS", "OME_SESSION_PREPARE_THRESHOLD"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OME_SESSION_CONFIG", str(tmp_path / "config" / "settings.json"))
     monkeypatch.setenv("OME_SESSIONDIR", str(tmp_path / "sessions"))
@@ -86,34 +134,21 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
 
 
 @pytest.fixture
-def people(db_dsn: str, tmp_path: Path) -> People:
-    """root (super user, admin), alice and bob (lab_a, led by lena), carol (lab_b), a guest."""
-    users = {
-        "root": dict(is_admin=True, group="system"),
-        "lena": dict(group="lab_a"),
-        "alice": dict(group="lab_a"),
-        "bob": dict(group="lab_a"),
-        "carol": dict(group="lab_b"),
-        "guest": dict(group="guests", is_guest=True),
-    }
-    ids: dict[str, int] = {}
-    groups: dict[str, int] = {}
-    with psycopg.connect(db_dsn) as conn:
-        for group in ("system", "lab_a", "lab_b", "guests"):
-            groups[group] = conn.execute("INSERT INTO groups (name) VALUES (%s) RETURNING id", (group,)).fetchone()[0]
-        for name, props in users.items():
-            ids[name] = conn.execute(
-                "INSERT INTO experimenters (ome_name, first_name, last_name, password_hash, group_id,"
-                " is_admin, is_guest) VALUES (%s, %s, 'Tester', %s, %s, %s, %s) RETURNING id",
-                (name, name.title(), password_hash(password(name)), groups[str(props["group"])],
-                 bool(props.get("is_admin")), bool(props.get("is_guest"))),
-            ).fetchone()[0]
-            conn.execute("INSERT INTO experimenter_group_map VALUES (%s, %s)", (ids[name], groups[str(props["group"])]))
-        conn.execute("UPDATE groups SET leader_id = %s WHERE name = 'lab_a'", (ids["lena"],))
-        conn.execute("UPDATE groups SET leader_id = %s WHERE name = 'system'", (ids["root"],))
-        for name, value in (("super_user", ids["root"]), ("tmp_dir", str(tmp_path / "tmp"))):
-            conn.execute("INSERT INTO configuration VALUES (%s, %s)", (name, psycopg.types.json.Jsonb(value)))
-    return People(db_dsn, ids, groups)
+def people(pg_cluster: Cluster, people_template: tuple[dict[str, int], dict[str, int]],
+           tmp_path: Path) -> Iterator[People]:
+    """root (super user, admin), alice and bob (lab_a, led by lena), carol (lab_b), a guest; each
+    with the password ``<name>-password``, in a fresh copy of the lab's database."""
+    ids, groups = people_template
+    with _clone(pg_cluster, PEOPLE_TEMPLATE) as dsn:
+        query(dsn, "INSERT INTO configuration VALUES ('tmp_dir', %s)", psycopg.types.json.Jsonb(str(tmp_path / "tmp")))
+        yield People(dsn, dict(ids), dict(groups))
+
+
+@pytest.fixture
+def lab(people: People, monkeypatch: pytest.MonkeyPatch) -> People:
+    """The people's database as the one the command uses (OME_SESSION_DSN)."""
+    monkeypatch.setenv("OME_SESSION_DSN", people.dsn)
+    return people
 
 
 @pytest.fixture
