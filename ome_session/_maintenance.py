@@ -34,6 +34,33 @@ WHERE d.id = doomed.id
 """
 _PURGE = {reason: _PURGE_BATCH.format(cfg=_sql.CFG, condition=_sql.ended(reason, "s")) for reason in _sql.ENDED}
 
+# Live sessions by the login statements' own rule of liveness (one source: the local backend's,
+# read here as the benchmarks read it), each with the session's own group.
+# Who sees which: admins every one, anybody else his own (the permission table has no wider read of
+# ome_sessions: when others are online is not everybody's business). Never a key: only digests are stored.
+_LIVE_SESSIONS = f"""
+WITH {_sql.CFG}
+SELECT e.ome_name, g.name, s.host, s.agent, s.started, s.last_access, a.ome_name, s.key_digest = %(digest)s
+FROM ome_sessions s JOIN experimenters e ON e.id = s.experimenter_id CROSS JOIN cfg
+LEFT JOIN groups g ON g.id = coalesce(s.group_id, e.group_id) LEFT JOIN experimenters a ON a.id = s.sudo_by
+WHERE {_sql._LIVE} AND (%(everyone)s OR s.experimenter_id = %(me)s)
+ORDER BY s.started, s.id
+"""
+
+
+@dataclass(frozen=True)
+class LiveSession:
+    """A session that lives now, as ``sessions who`` shows it."""
+
+    user: str
+    group: str | None  # the session's group (new objects go there)
+    host: str | None
+    agent: str | None
+    started: datetime.datetime
+    last_access: datetime.datetime
+    sudo_by: str | None
+    current: bool  # the session asking
+
 
 @dataclass
 class PurgeReport:
@@ -106,6 +133,17 @@ def purge_sessions(session: Session, *, batch: int = DEFAULT_BATCH) -> PurgeRepo
             if count < batch:
                 break
     return report
+
+
+def live_sessions(session: Session) -> list[LiveSession]:
+    """The live sessions the session's user may see: all for admins, his own for anyone else."""
+    principal = session.factory.principal
+    key = session.session_key
+    params = {"digest": _keys.digest(key) if key else b"", "everyone": principal.admin or principal.trusted,
+              "me": session.experimenter_id, **_sql.config_defaults()}
+    with _dbh(session) as dbh:
+        rows = dbh.execute(_LIVE_SESSIONS, params).fetchall()
+    return [LiveSession(*row) for row in rows]
 
 
 def session_times(session: Session) -> SessionTimes:

@@ -34,9 +34,14 @@ def given(value: str | None, env: str) -> str | None:
     return value if value is not None else os.environ.get(env) or None
 
 
+def on_terminal() -> bool:
+    """Whether a person can be asked: standard input is a terminal."""
+    return sys.stdin.isatty()
+
+
 def need_terminal(missing: str, *ways: str) -> None:
     """Raise ``MissingInput`` (``missing``: the ways to give it) unless a terminal can be asked."""
-    if not sys.stdin.isatty():
+    if not on_terminal():
         raise MissingInput(f"{missing}: {', '.join((*ways, 'or run in a terminal'))}")
 
 
@@ -50,6 +55,26 @@ def ask_user(*ways: str, ask: Prompt = input) -> str:
     if not name:
         raise MissingInput("login abandoned: no user name was given")
     return name
+
+
+def ask_with_default(label: str, default: str, *, ask: Prompt = input) -> str:
+    """``label: [default]`` typed on the terminal, as ``omero login`` asks; Enter takes the default."""
+    try:
+        typed = ask(f"{label}: [{default}] ").strip()
+    except EOFError:
+        raise MissingInput(f"abandoned: no {label.lower()} was given") from None
+    return typed or default
+
+
+def ask_once(label: str, *, prompt: Prompt = getpass.getpass) -> str:
+    """A password typed once, without echo (one that confirms who acts, not a login)."""
+    try:
+        password = prompt(label)
+    except EOFError:
+        password = ""
+    if not password:
+        raise MissingInput("abandoned: no password was given")
+    return password
 
 
 def ask_password(authenticate: Callable[[str], T], *, prompt: Prompt = getpass.getpass,

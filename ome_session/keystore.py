@@ -258,7 +258,8 @@ class KeyStore:
 class OmeroSessionStore(KeyStore):
     """The ``omero`` CLI's store, in its format, so sessions can be shared with ``omero login``.
 
-    ``$OMERO_SESSIONDIR``, else ``$OMERO_USERDIR/sessions``, else ``~/omero/sessions``. Changes
+    ``$OMERO_SESSIONDIR``, else ``$OMERO_SESSION_DIR/omero/sessions`` (deprecated, as in the omero
+    command: a warning says so), else ``$OMERO_USERDIR/sessions``, else ``~/omero/sessions``. Changes
     are locked and atomic here as in ours (see the README's porting notes).
     """
 
@@ -266,8 +267,14 @@ class OmeroSessionStore(KeyStore):
 
     @staticmethod
     def _default_directory() -> Path:
+        if chosen := os.environ.get("OMERO_SESSIONDIR"):
+            return Path(chosen)
+        if deprecated := os.environ.get("OMERO_SESSION_DIR"):  # as the omero command still reads it
+            directory = Path(deprecated) / "omero" / "sessions"
+            _log.warning("OMERO_SESSION_DIR is deprecated: set OMERO_SESSIONDIR=%s instead", directory)
+            return directory
         userdir = Path(os.environ.get("OMERO_USERDIR") or Path.home() / "omero")
-        return Path(os.environ.get("OMERO_SESSIONDIR") or userdir / "sessions")
+        return userdir / "sessions"
 
     # The CLI's pointers, written without a newline: ._LASTHOST_ (the raw host) and ._LASTPORT_ in
     # the root, ._LASTUSER_ in the host directory, ._LASTSESS_ in the user directory.

@@ -16,11 +16,17 @@ from __future__ import annotations
 
 import atexit
 import base64
+import contextlib
 import hashlib
 import importlib
 import os
+import pty
+import pwd
 import re
+import secrets
+import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -366,6 +372,66 @@ def import_part(part: str, module: str) -> ModuleType:
         missing(part, f"{module} cannot be imported ({exc})")
 
 
+# -- other accounts ------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def throwaway_account() -> Iterator[pwd.struct_passwd]:
+    """A new system account with a group of its own and no home, removed (with anything it still
+    runs) when the block ends."""
+    name = f"omes-test-{secrets.token_hex(4)}"
+    subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+                    "--shell", "/usr/sbin/nologin", name], check=True, capture_output=True, text=True)
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        account = pwd.getpwnam(name)
+        for pid in _processes_of(account.pw_uid):  # a test's child that outlived it: ours to end
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        subprocess.run(["userdel", name], check=True, capture_output=True, text=True)
+        with contextlib.suppress(subprocess.CalledProcessError):  # gone with the user where USERGROUPS_ENAB
+            subprocess.run(["groupdel", name], check=True, capture_output=True, text=True)
+
+
+def _processes_of(uid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and entry.stat().st_uid == uid:
+                found.append(int(entry.name))
+    return found
+
+
+def run_as(account: pwd.struct_passwd, args: list[str], env: dict[str, str],
+           cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run a program to completion as ``account`` (its own group only), capturing its output."""
+    return subprocess.run(args, user=account.pw_uid, group=account.pw_gid, extra_groups=[], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=600, check=False)
+
+
+def interpreter_for(account: pwd.struct_passwd, env: dict[str, str]) -> str:
+    """An interpreter of this version that the account may run, able to import what the tests need."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = [sys.executable, os.path.realpath(sys.executable), f"/usr/bin/python{version}",
+                  shutil.which(f"python{version}") or ""]
+    tried = []
+    for candidate in dict.fromkeys(c for c in candidates if c):
+        try:
+            done = run_as(account, [candidate, "-c", "import sys, ome_session, pytest, psycopg; "
+                                                  "print('%d.%d' % sys.version_info[:2])"], env, Path("/"))
+        except OSError as exc:  # it may not even execute it
+            tried.append(f"{candidate}: {exc.strerror}")
+            continue
+        if done.returncode == 0 and done.stdout.strip() == version:
+            return candidate
+        tried.append(f"{candidate}: {(done.stderr.strip().splitlines() or [done.stdout.strip()])[-1]}")
+    import pytest
+
+    pytest.fail(f"no Python {version} that an unprivileged account can run with this checkout ({REPO}) and "
+                f"its packages; the checkout and its virtualenv must be readable by other users. Tried:\n"
+                + "\n".join(tried))
+
+
 # -- the command ---------------------------------------------------------------------------------------
 
 
@@ -381,3 +447,61 @@ def ome_session(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """Run ``ome-session ARGS`` to completion as a real program, with no terminal on stdin."""
     return subprocess.run([sys.executable, "-m", "ome_session", *args], capture_output=True, text=True,
                           stdin=subprocess.DEVNULL, env=command_env(**env), timeout=120, check=False)
+
+
+def current_key() -> str:
+    """The key of the command's current session (``ome-session sessions key``)."""
+    done = ome_session("sessions", "key")
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+# The command with Ctrl-C's signal handled as on a terminal, whatever the tests were started with:
+# a background job of a shell ignores SIGINT, and a child inherits that.
+INTERRUPTIBLE_COMMAND = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                         "runpy.run_module('ome_session', run_name='__main__', alter_sys=True)")
+
+Answer = str | tuple[str, str]
+
+
+def on_terminal(args: list[str], answers: list[Answer], timeout: float = 120.0,
+                **env: str) -> tuple[int, str, int]:
+    """Run ``ome-session ARGS`` on a pseudo-terminal, answering its prompts in turn.
+
+    Each answer is ``(prompt, reply)``: the reply is typed once the prompt's text has appeared
+    after the last one answered; a bare string answers the next prompt containing "Password".
+    Returns the exit code, everything the terminal showed, and how many prompts were answered.
+    A run still going after ``timeout`` seconds (waiting for an answer nobody gives) is killed,
+    and the test fails showing what the terminal showed.
+    """
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: nothing of pytest's may run here
+        try:
+            os.execve(sys.executable, [sys.executable, "-m", "ome_session", *args], command_env(**env))
+        finally:
+            os._exit(127)
+    pending = [("Password", a) if isinstance(a, str) else a for a in answers]
+    shown, seen, answered = b"", 0, 0
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                raise AssertionError(f"still running after {timeout:g} s; the terminal showed:\n"
+                                     + shown.decode(errors="replace"))
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the child has closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+            while answered < len(pending) and (at := shown.find(pending[answered][0].encode(), seen)) >= 0:
+                os.write(fd, pending[answered][1].encode() + b"\n")
+                seen = at + len(pending[answered][0])
+                answered += 1
+    finally:
+        os.close(fd)
+        _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), shown.decode(errors="replace"), answered

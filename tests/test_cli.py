@@ -8,7 +8,6 @@ data directory (the autouse fixture's environment, inherited); the database come
 from __future__ import annotations
 
 import os
-import pty
 import re
 import shutil
 import signal
@@ -28,56 +27,22 @@ from ome_session._tty import DATABASE_FIELD
 from ome_session.errors import AuthenticationError
 from ome_session.keystore import KeyStore
 from tests.helpers import (
+    INTERRUPTIBLE_COMMAND,
     People,
     command_env,
+    current_key,
     files_text,
     find_secrets,
     key_digest,
     ome_session,
+    on_terminal,
     process_start_time,
     query,
 )
 
 
-def on_terminal(args: list[str], answers: list[str], **env: str) -> tuple[int, str, int]:
-    """Run the command on a pseudo-terminal, answering each password prompt in turn.
-
-    Returns the exit code, everything the terminal showed, and how many prompts were answered.
-    """
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: nothing of pytest's may run here
-        try:
-            os.execve(sys.executable, [sys.executable, "-m", "ome_session", *args], command_env(**env))
-        finally:
-            os._exit(127)
-    shown, answered = b"", 0
-    try:
-        while True:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:  # EIO: the child has closed the terminal
-                break
-            if not chunk:
-                break
-            shown += chunk
-            if shown.count(b"Password") > answered and answered < len(answers):
-                os.write(fd, answers[answered].encode() + b"\n")
-                answered += 1
-    finally:
-        os.close(fd)
-        _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), shown.decode(errors="replace"), answered
-
-
 def store_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.is_file())
-
-
-@pytest.fixture
-def lab(people: People, monkeypatch: pytest.MonkeyPatch) -> People:
-    """The people's database as the one the command uses (OME_SESSION_DSN)."""
-    monkeypatch.setenv("OME_SESSION_DSN", people.dsn)
-    return people
 
 
 @pytest.fixture
@@ -89,12 +54,6 @@ def login(user: str, *args: str) -> subprocess.CompletedProcess[str]:
     done = ome_session("login", "-u", user, *args, OME_SESSION_PASSWORD=People.password(user))
     assert done.returncode == 0, done.stderr
     return done
-
-
-def current_key() -> str:
-    done = ome_session("sessions", "key")
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
 
 
 # -- login, whoami, logout ----------------------------------------------------------------------
@@ -241,7 +200,7 @@ def test_symlinked_store_directory_is_refused_with_exit_4_before_logging_in(lab:
 
 
 def test_password_prompt_on_a_terminal_logs_in_without_echo(lab: People, store: KeyStore) -> None:
-    code, shown, answered = on_terminal(["login", "-u", "alice"], ["alice-password"])
+    code, shown, answered = on_terminal(["login", "alice@localhost"], ["alice-password"])
     assert (code, answered) == (0, 1), shown
     assert "Password: " in shown and "Created session" in shown
     assert "alice-password" not in shown  # getpass turned echo off
@@ -249,7 +208,8 @@ def test_password_prompt_on_a_terminal_logs_in_without_echo(lab: People, store: 
 
 
 def test_three_wrong_passwords_on_a_terminal_exit_1(lab: People, store: KeyStore) -> None:
-    code, shown, answered = on_terminal(["login", "-u", "alice"], ["wrong-1", "wrong-2", "wrong-3", "alice-password"])
+    code, shown, answered = on_terminal(["login", "alice@localhost"], ["wrong-1", "wrong-2", "wrong-3",
+                                                                        "alice-password"])
     assert (code, answered) == (1, 3), shown
     assert shown.count("try again") == 2
     assert "(3 attempts)" in shown
@@ -257,7 +217,7 @@ def test_three_wrong_passwords_on_a_terminal_exit_1(lab: People, store: KeyStore
 
 
 def test_end_of_input_at_the_password_prompt_exits_2_and_stores_nothing(lab: People, store: KeyStore) -> None:
-    code, shown, answered = on_terminal(["login", "-u", "alice"], ["\x04"])  # Ctrl-D: no password given
+    code, shown, answered = on_terminal(["login", "alice@localhost"], ["\x04"])  # Ctrl-D: no password given
     assert (code, answered) == (2, 1), shown
     assert "no password was given" in shown
     assert store.list() == []
@@ -376,25 +336,20 @@ def test_purge_by_a_plain_user_is_denied_with_exit_5_and_deletes_nothing(lab: Pe
 def test_keepalive_moves_the_last_access_forward(lab: People) -> None:
     login("alice")
     query(lab.dsn, "UPDATE ome_sessions SET last_access = now() - interval '10 minutes'")
-    done = ome_session("sessions", "keepalive")
+    done = ome_session("sessions", "keepalive", "--once")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("kept session ")
+    assert done.stdout.startswith("kept session ") and done.stdout.count("\n") == 1
     assert query(lab.dsn, "SELECT last_access > now() - interval '1 minute' FROM ome_sessions") == [(True,)]
-
-
-# The command with Ctrl-C's signal handled as on a terminal, whatever the tests were started with:
-# a background job of a shell ignores SIGINT, and a child inherits that.
-_INTERRUPTIBLE_COMMAND = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-                          "runpy.run_module('ome_session', run_name='__main__', alter_sys=True)")
 
 
 def test_keepalive_with_a_frequency_repeats_until_interrupted(lab: People) -> None:
     login("alice")
-    run = subprocess.Popen([sys.executable, "-c", _INTERRUPTIBLE_COMMAND, "sessions", "keepalive", "-f", "0.05"],
+    run = subprocess.Popen([sys.executable, "-c", INTERRUPTIBLE_COMMAND, "sessions", "keepalive", "-f", "0.05"],
                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True, env=command_env())
     try:
         assert run.stdout is not None
+        assert run.stdout.readline().startswith("Keeping session ")
         first, second = run.stdout.readline(), run.stdout.readline()  # each printed after a keepalive
         query(lab.dsn, "UPDATE ome_sessions SET last_access = now() - interval '10 minutes'")
         third = run.stdout.readline()

@@ -350,3 +350,61 @@ def test_local_only_commands_are_refused_with_the_omero_backend(server: StandinI
 
     assert done.returncode == 2
     assert "for the local backend" in done.stderr
+
+
+# -- the omero command's habits ---------------------------------------------------------------------
+
+
+def test_omero_password_is_read_after_ours(server: StandinInfo) -> None:
+    done = omero_cli("login", at(server), OMERO_PASSWORD="alice-pw")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Created session ")
+    missing = omero_cli("login", at(server), "-C")
+    assert missing.returncode == 2 and "set OMERO_PASSWORD" in missing.stderr
+
+
+def test_the_deprecated_omero_session_dir_is_read_with_a_warning(server: StandinInfo, tmp_path: Path) -> None:
+    base = tmp_path / "old-style"
+    done = omero_cli("login", at(server), OMERO_SESSIONDIR="", OMERO_SESSION_DIR=str(base),
+                     OME_SESSION_PASSWORD="alice-pw")
+    assert done.returncode == 0, done.stderr
+    assert "warning: OMERO_SESSION_DIR is deprecated: set OMERO_SESSIONDIR=" in done.stderr
+    host, user, key, port = SessionsStore(str(base / "omero" / "sessions")).get_current()
+    assert (host, user, port) == (server.host, "alice", str(server.port)) and key in live(server)
+
+
+def test_create_quiet_and_a_key_prefix_as_omero_scripts_use_them(server: StandinInfo) -> None:
+    login(server, "alice")
+    alice = current_key()
+    again = omero_cli("login", at(server), "-C", "-q", OME_SESSION_PASSWORD="alice-pw")
+    assert (again.returncode, again.stdout, again.stderr) == (0, "", "")
+    assert current_key() != alice and len(uuids_of(server, "alice")) >= 2
+    login(server, "bob")
+
+    joined = omero_cli("login", "-k", alice[:8])  # no server: the stored entry names it
+
+    assert joined.returncode == 0, joined.stderr
+    assert joined.stdout.startswith(f"Joined session {alice[:8]} (alice@{server.host}:{server.port})")
+    assert current_key() == alice
+
+
+def test_retry_tries_an_unreachable_server_again_then_gives_up() -> None:
+    port = closed_port()
+    router = f"--Ice.Default.Router=OMERO.Glacier2/router:tcp -p {port} -h 127.0.0.1"
+
+    done = omero_cli("login", f"alice@127.0.0.1:{port}", "--retry", "1", OME_SESSION_PASSWORD="alice-pw",
+                     OME_SESSION_OMERO_ARGS=shlex.quote(router))
+
+    assert done.returncode == 3
+    assert "login retry #1 in 1 s" in done.stderr
+    assert done.stderr.rstrip().splitlines()[-1].startswith("ome-session: error: OMERO server 127.0.0.1:")
+
+
+@pytest.mark.parametrize("command", [("user", "list"), ("group", "add", "lab"), ("sessions", "who")])
+def test_administration_and_who_go_through_the_omero_servers_own_tools(server: StandinInfo,
+                                                                      command: tuple[str, ...]) -> None:
+    login(server)
+    done = omero_cli(*command)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith("ome-session: error: this command is for the local backend: ")
+    assert "omero " in done.stderr and done.stderr.count("\n") == 1

@@ -30,7 +30,17 @@ import pytest
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from ome_session import Column, Configuration, DBObject, Factory, Reference, Session, SessionManager, _migrations
+from ome_session import (
+    Column,
+    Configuration,
+    DBObject,
+    Factory,
+    Reference,
+    Session,
+    SessionManager,
+    _maintenance,
+    _migrations,
+)
 from ome_session._cluster import Cluster
 from ome_session.dbobject import resolve
 from ome_session.errors import PermissionDenied
@@ -109,6 +119,8 @@ TABLE: dict[str, tuple[bool, ...]] = {
     "configuration: read":                          (Y,    Y,    Y,     Y,    Y,     Y,    Y),
     "configuration: set {value}":                   (Y,    Y,    N,     N,    N,     N,    N),
     "configuration: set super_user to adam":        (Y,    N,    N,     N,    N,     N,    N),
+    # live sessions, as ``sessions who`` lists them
+    "sessions: see bob's live session":             (Y,    Y,    N,     N,    Y,     N,    N),
     # sudo_session: as whom
     "sudo: as the super user":                      (Y,    N,    N,     N,    N,     N,    N),
     "sudo: as an admin":                            (Y,    Y,    N,     N,    N,     N,    N),
@@ -627,10 +639,17 @@ def sudo_cells() -> dict[str, Cell]:
             "sudo: as the guest": sudo("guest")}
 
 
+def session_cells() -> dict[str, Cell]:
+    def sees_bob(f: Factory, w: World, c: Context) -> bool:
+        return any(s.user == "bob" for s in _maintenance.live_sessions(Session.instance()))
+
+    return {"sessions: see bob's live session": Cell(_nothing, sees_bob)}
+
+
 CELLS: dict[str, Cell] = {
     **{name: cell for cls in OWNED_CLASSES for name, cell in owned_cells(cls).items()},
     **link_cells(), **experimenter_cells(), **group_cells(), **membership_cells(), **user_state_cells(),
-    **configuration_cells(), **sudo_cells(),
+    **configuration_cells(), **session_cells(), **sudo_cells(),
 }
 
 

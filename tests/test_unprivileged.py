@@ -14,22 +14,17 @@ virtualenv must be readable by other users, which the case checks first and name
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
-import secrets
 import shutil
 import site
-import subprocess
-import sys
 import tempfile
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, interpreter_for, run_as, throwaway_account
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="not root: the ownership tests already run as this unprivileged user")
@@ -37,61 +32,6 @@ pytestmark = pytest.mark.skipif(
 MODULES = ["tests/test_tempfiles.py", "tests/test_keystore.py"]
 # The tests that give a directory to another user: they must run, and pass, as the account.
 OWNERSHIP_TESTS = {"test_a_root_owned_by_someone_else_is_refused", "test_store_directory_of_another_uid_is_refused"}
-
-
-@contextlib.contextmanager
-def throwaway_account() -> Iterator[pwd.struct_passwd]:
-    """A new system account with a group of its own and no home, removed (with anything it still
-    runs) when the block ends."""
-    name = f"omes-test-{secrets.token_hex(4)}"
-    subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
-                    "--shell", "/usr/sbin/nologin", name], check=True, capture_output=True, text=True)
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        account = pwd.getpwnam(name)
-        for pid in _processes_of(account.pw_uid):  # a test's child that outlived it: ours to end
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
-        subprocess.run(["userdel", name], check=True, capture_output=True, text=True)
-        with contextlib.suppress(subprocess.CalledProcessError):  # gone with the user where USERGROUPS_ENAB
-            subprocess.run(["groupdel", name], check=True, capture_output=True, text=True)
-
-
-def _processes_of(uid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):
-            if entry.name.isdigit() and entry.stat().st_uid == uid:
-                found.append(int(entry.name))
-    return found
-
-
-def _as(account: pwd.struct_passwd, args: list[str], env: dict[str, str],
-        cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, user=account.pw_uid, group=account.pw_gid, extra_groups=[], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=600, check=False)
-
-
-def _interpreter(account: pwd.struct_passwd, env: dict[str, str]) -> str:
-    """An interpreter of this version that the account may run, able to import what the tests need."""
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    candidates = [sys.executable, os.path.realpath(sys.executable), f"/usr/bin/python{version}",
-                  shutil.which(f"python{version}") or ""]
-    tried = []
-    for candidate in dict.fromkeys(c for c in candidates if c):
-        try:
-            done = _as(account, [candidate, "-c", "import sys, ome_session, pytest, psycopg; "
-                                                  "print('%d.%d' % sys.version_info[:2])"], env, Path("/"))
-        except OSError as exc:  # it may not even execute it
-            tried.append(f"{candidate}: {exc.strerror}")
-            continue
-        if done.returncode == 0 and done.stdout.strip() == version:
-            return candidate
-        tried.append(f"{candidate}: {(done.stderr.strip().splitlines() or [done.stdout.strip()])[-1]}")
-    pytest.fail(f"no Python {version} that an unprivileged account can run with this checkout ({REPO}) and "
-                f"its packages; the checkout and its virtualenv must be readable by other users. Tried:\n"
-                + "\n".join(tried))
 
 
 def test_the_ownership_tests_pass_for_an_unprivileged_user() -> None:
@@ -103,9 +43,9 @@ def test_the_ownership_tests_pass_for_an_unprivileged_user() -> None:
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work), "TMPDIR": str(work),
                    "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
                    "PYTHONPATH": os.pathsep.join([str(REPO), *packages])}
-            python = _interpreter(account, env)
+            python = interpreter_for(account, env)
             report = work / "report.xml"
-            done = _as(account, [python, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs",
+            done = run_as(account, [python, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs",
                                  "--basetemp", str(work / "pytest"), "--junitxml", str(report), *MODULES],
                        env, REPO)
             cases = {case.get("name", "").split("[")[0]: [child.tag for child in case]

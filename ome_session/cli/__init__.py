@@ -30,7 +30,7 @@ from ._parser import build_parser
 
 __all__ = ["build_parser", "exit_code", "main"]
 
-_BACKEND_COMMANDS = ("login", "logout", "whoami", "sessions")  # the commands --backend applies to
+_BACKEND_COMMANDS = ("login", "logout", "whoami", "sessions", "user", "group")  # the commands --backend applies to
 
 
 def _context_for(args: argparse.Namespace) -> Context:

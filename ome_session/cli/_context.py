@@ -24,6 +24,7 @@ from ..session import Session
 from . import _output
 
 BACKEND_ENV = "OME_SESSION_BACKEND"
+PASSWORD_ENV = "OME_SESSION_PASSWORD"
 OMERO_ARGS_ENV = "OME_SESSION_OMERO_ARGS"  # Ice arguments for each omero.client, shell-quoted
 BACKENDS = NAMES
 
@@ -51,14 +52,16 @@ class Context(ABC):
 
     remote: ClassVar[bool] = False  # stored entries may name several servers, some unreachable
     login_command: ClassVar[str] = "`ome-session login`"
-    unsupported: ClassVar[Mapping[str, str]] = {}  # command -> why this backend has none
+    unsupported: ClassVar[Mapping[str, str]] = {}  # command (or "command subcommand") -> why this backend has none
+    password_envs: ClassVar[tuple[str, ...]] = (PASSWORD_ENV,)  # where a login's password may come from, in order
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
 
     def run(self) -> int:
         command = " ".join(filter(None, (self.args.command, getattr(self.args, "subcommand", None))))
-        if (why := self.unsupported.get(command)) is not None:
+        why = self.unsupported.get(command) or self.unsupported.get(self.args.command)
+        if why is not None:
             raise ValueError(f"this command is for the local backend: {why}")
         return int(self.args.handler(self))
 

@@ -27,8 +27,9 @@ from ..keystore import OmeroSessionStore, StoredSession
 from ..manager import SessionManager
 from ..omero_login import remember_omero_login
 from ..session import Session
-from ._context import OMERO_ARGS_ENV, Asked, Context, Target
+from ._context import OMERO_ARGS_ENV, PASSWORD_ENV, Asked, Context, Target
 
+OMERO_PASSWORD_ENV = "OMERO_PASSWORD"  # the omero command's, read after ours
 _ALL_GROUPS = "-1"
 _PROBE_KEY = "00000000-0000-4000-8000-000000000000"  # stands in for a key when checking names
 
@@ -41,7 +42,11 @@ class OmeroContext(Context):
     unsupported: ClassVar[Mapping[str, str]] = {
         "sessions purge": "OMERO keeps and purges its own sessions",
         "sessions timeout": "the OMERO server sets its session timeouts",
+        "sessions who": "the OMERO server lists its sessions with `omero sessions who`",
+        "user": "OMERO users are administered with the server's own tools (`omero user`)",
+        "group": "OMERO groups are administered with the server's own tools (`omero group`)",
     }
+    password_envs: ClassVar[tuple[str, ...]] = (PASSWORD_ENV, OMERO_PASSWORD_ENV)
 
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)

@@ -1,8 +1,9 @@
-"""``sessions list|file|key|clear|purge|keepalive|group|timeout``: the stored sessions."""
+"""``sessions list|who|file|key|clear|purge|keepalive|group|timeout``: the stored sessions."""
 
 from __future__ import annotations
 
 import dataclasses
+import select
 import sys
 import time
 
@@ -53,9 +54,21 @@ def _check_entries(ctx: Context, *, purge: bool) -> list[_Checked]:
 
 
 def list_(ctx: Context) -> int:
-    rows = [[_output.server(c.entry), c.entry.user, c.entry.group or "", _keys.key_prefix(c.entry.key), c.active,
+    shown = (lambda key: key) if ctx.args.full_keys else _keys.key_prefix
+    rows = [[_output.server(c.entry), c.entry.user, c.entry.group or "", shown(c.entry.key), c.active,
              c.started] for c in _check_entries(ctx, purge=not ctx.args.no_purge)]
     print(_output.table(["Server", "User", "Group", "Session", "Active", "Started"], rows))
+    return 0
+
+
+def who(ctx: Context) -> int:
+    """The live sessions on the server: every one for admins, one's own for anybody else; the
+    asking session marked (*). Keys are never shown: the server keeps only their digests."""
+    session, _ = ctx.current()
+    rows = [[s.user, s.group or "", _output.when(s.started) + (" (*)" if s.current else ""),
+             _output.when(s.last_access), s.host or "", s.agent or "", s.sudo_by or ""]
+            for s in _maintenance.live_sessions(session)]
+    print(_output.table(["User", "Group", "Logged in", "Last access", "Host", "Agent", "Sudo by"], rows))
     return 0
 
 
@@ -105,24 +118,42 @@ def purge(ctx: Context) -> int:
 
 
 def keepalive(ctx: Context) -> int:
+    """Keep the current session alive every ``-f`` seconds until interrupted (or, on a terminal,
+    until Enter is pressed), as ``omero sessions keepalive`` does; ``--once`` for a single touch."""
     session, entry = ctx.current()
     what = f"session {_keys.key_prefix(entry.key)} ({entry.user}@{_output.server(entry)})"
     every = ctx.args.frequency
+    watch_stdin = not ctx.args.once and sys.stdin.isatty()
+    if not ctx.args.once:
+        stop = "press Enter or Ctrl-C to stop" if watch_stdin else "Ctrl-C to stop"
+        print(f"Keeping {what} alive every {every:g} s; {stop}", flush=True)
     try:
         while True:
             try:
                 session.keep_alive()
                 print(f"kept {what} alive at {_output.when(session.last_access)}", flush=True)
             except DatabaseUnavailable as exc:
-                if not every:
+                if ctx.args.once:
                     raise
                 print(f"ome-session: warning: {_output.one_line(exc)}; trying again", file=sys.stderr, flush=True)
-            if not every:
-                return 0
-            time.sleep(every)
+            if ctx.args.once or _pressed_enter(watch_stdin, every):
+                break
     except KeyboardInterrupt:
+        pass
+    if not ctx.args.once:
         print(f"stopped keeping {what} alive", flush=True)
-        return 0
+    return 0
+
+
+def _pressed_enter(watch: bool, seconds: float) -> bool:
+    """Wait ``seconds``; on a terminal, return early (True) when a line is typed."""
+    if not watch:
+        time.sleep(seconds)
+        return False
+    ready, _, _ = select.select([sys.stdin], [], [], seconds)
+    if ready:
+        sys.stdin.readline()
+    return bool(ready)
 
 
 def group(ctx: Context) -> int:
