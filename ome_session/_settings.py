@@ -93,7 +93,7 @@ def resolve_dsn(dsn: str | None = None) -> Settings:
             settings.prepare_threshold = _prepare_threshold(prepare)
         return settings
     for path in (settings_path(), SYSTEM_SETTINGS):
-        if path.exists():
+        if _present(path):
             return _from_file(path)
     from . import _cluster
 
@@ -101,6 +101,18 @@ def resolve_dsn(dsn: str | None = None) -> Settings:
     if _cluster.Cluster(datadir).initialized():
         return _embedded(str(datadir), "embedded cluster")
     raise ConfigurationError(_NOT_FOUND)
+
+
+def _present(path: Path) -> bool:
+    """Whether there is a settings file; one this account may not even look at is an error, not
+    a reason to try the next place (that could be another database)."""
+    try:
+        path.lstat()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read settings file {path}: {exc.strerror}") from exc
+    return True
 
 
 def _read_file(path: Path) -> tuple[dict[str, Any], Any]:
@@ -123,7 +135,7 @@ def _read_file(path: Path) -> tuple[dict[str, Any], Any]:
 def configured_backend() -> str | None:
     """The backend the settings file names, read without finding (or starting) the database;
     None when there is no settings file."""
-    path = next((p for p in (settings_path(), SYSTEM_SETTINGS) if p.exists()), None)
+    path = next((p for p in (settings_path(), SYSTEM_SETTINGS) if _present(p)), None)
     if path is None:
         return None
     return str(_read_file(path)[0].get("backend", "local"))
