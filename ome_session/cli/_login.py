@@ -57,23 +57,25 @@ def _parse_connection(text: str) -> Asked:
 
 
 class _Retry:
-    """``--retry SECONDS``: while the server cannot be reached, try again every few seconds until
-    SECONDS have passed. Only an unreachable server is retried, never a refused password."""
+    """``--retry SECONDS``: while the server cannot be reached, wait a few seconds and try again,
+    until SECONDS of waiting are used up. Only an unreachable server is retried, never a refused
+    password. The waits are counted, not the attempts' own time: how many retries SECONDS buys
+    (one every 3 s, at least one) does not depend on how slowly an attempt fails."""
 
     def __init__(self, seconds: int | None, *, quiet: bool) -> None:
         self.seconds = seconds or 0
         self.quiet = quiet
 
     def __call__(self, attempt: Callable[[], T]) -> T:
-        deadline = time.monotonic() + self.seconds
+        left = float(self.seconds)
         for tries in itertools.count(1):
             try:
                 return attempt()
             except DatabaseUnavailable as exc:
-                left = deadline - time.monotonic()
                 if left <= 0:
                     raise
                 wait = min(RETRY_EVERY, left)
+                left -= wait
                 if not self.quiet:
                     print(f"ome-session: warning: {_output.one_line(exc)}; login retry #{tries} in {wait:.0f} s",
                           file=sys.stderr, flush=True)

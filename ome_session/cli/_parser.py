@@ -46,7 +46,7 @@ def _add_login_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-t", "--timeout", type=_positive(int), metavar="SECONDS",
                    help="this session's idle timeout (at most what the installation allows)")
     p.add_argument("--retry", type=_non_negative, metavar="SECONDS",
-                   help="while the server cannot be reached, try again every 3 s for up to SECONDS")
+                   help="while the server cannot be reached, try again every 3 s, waiting SECONDS in all")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--insecure", action="store_true", help="OMERO: after logging in, use the server's "
                    "unencrypted router (as omero-py's secure=False)")
