@@ -50,6 +50,7 @@ class Target:
 class Context(ABC):
     """What every command needs, made on first use: a command that needs no database makes none."""
 
+    backend: ClassVar[str] = "local"  # its name in the backend registry
     remote: ClassVar[bool] = False  # stored entries may name several servers, some unreachable
     login_command: ClassVar[str] = "`ome-session login`"
     unsupported: ClassVar[Mapping[str, str]] = {}  # command (or "command subcommand") -> why this backend has none

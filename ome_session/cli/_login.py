@@ -12,8 +12,9 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from .. import _keys, _prompt, _tty
+from ..backends import REGISTRY
 from ..errors import AuthenticationError, DatabaseUnavailable, NoSessionError, SessionKeyError
-from ..keystore import OmeroSessionStore, StoredSession
+from ..keystore import StoredSession
 from ..manager import SessionManager
 from ..session import Session
 from . import _output
@@ -190,20 +191,17 @@ def _resolve_key(ctx: Context, given: str, asked: Asked) -> tuple[str, StoredSes
 
 
 def _not_whole(ctx: Context, given: str) -> str:
-    """Why ``given`` is not a whole key of this backend, in its own words."""
+    """Why ``given`` is not a whole key of this backend, in the registry's words."""
     try:
-        (_keys.validate_omero_key if isinstance(ctx.store, OmeroSessionStore) else _keys.validate_key)(given)
+        REGISTRY[ctx.backend].validate_key(given)
     except SessionKeyError as exc:
         return str(exc)
     return "not a whole key"
 
 
 def _complete_key(key: str) -> bool:
-    try:
-        _keys.validate_key(key)
-        return True
-    except SessionKeyError:
-        return _keys.is_omero_key(key.lower())
+    """A whole key of any backend (OMERO's in any letter case), never taken for a prefix."""
+    return any(entry.is_key(key) or entry.is_key(key.lower()) for entry in REGISTRY.values())
 
 
 def _distinguishing(keys: list[str]) -> int:

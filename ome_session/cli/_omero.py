@@ -37,6 +37,7 @@ _PROBE_KEY = "00000000-0000-4000-8000-000000000000"  # stands in for a key when 
 class OmeroContext(Context):
     """Each stored entry names its own server, and is resumed by joining it there."""
 
+    backend = "omero"
     remote = True
     login_command = "`ome-session login --backend omero`"
     unsupported: ClassVar[Mapping[str, str]] = {
