@@ -7,12 +7,13 @@ groups come from the backend and the rows through the Factory, and the guard dec
 
 from __future__ import annotations
 
-import datetime
 from typing import TYPE_CHECKING, Any
 
 from .errors import SessionError
 
 if TYPE_CHECKING:
+    import datetime
+
     from ._lifecycle import State
     from ._principal import Acl
     from .backends import AuthBackend, GroupInfo, Login
@@ -65,13 +66,6 @@ class SessionUser:
         return self._login.last_access if self._login else None
 
     @property
-    def time_to_idle(self) -> datetime.timedelta | None:
-        """How long the session may go unused before it ends: its own idle timeout if it was given
-        one (``update(time_to_idle=...)``), else the configured one; None: no idle limit."""
-        seconds = self._login.idle_timeout if self._login else None
-        return datetime.timedelta(seconds=seconds) if seconds else None
-
-    @property
     def acl(self) -> Acl | None:
         return self._login.acl if self._login else None
 
@@ -105,22 +99,6 @@ class SessionUser:
         login = self._require_login()
         self._check()
         return self._backend.set_group(login, group)
-
-    def update(self, *, time_to_idle: datetime.timedelta | int) -> None:
-        """Change this session's own settings; what is not given stays as it is.
-
-        ``time_to_idle``: how long the session may go unused, in whole seconds (an int or a
-        ``timedelta``), at least one second and at most what the installation allows
-        (``PermissionDenied`` above it). A user changes his own session only: this one.
-        """
-        login = self._require_login()
-        self._check()
-        if isinstance(time_to_idle, datetime.timedelta):
-            seconds = time_to_idle.total_seconds()
-            if seconds != int(seconds):
-                raise ValueError(f"an idle timeout is a whole number of seconds, not {seconds}")
-            time_to_idle = int(seconds)
-        self._backend.set_idle_timeout(login, time_to_idle)
 
     # -- the user's rows -------------------------------------------------------------------------
 

@@ -96,12 +96,21 @@ class SessionManager:
 
     def create_session(self, username: str | None = None, password: str | None = None, *,
                        key: Any = _NO_KEY, host: str | None = None) -> Session:
-        """Log in with a user name and password, or resume with ``key=``; returns the Session.
+        """Log in with a user name and password, or resume with a key (``key=``, or the one
+        positional argument, as Perl's ``createSession($key)``); returns the Session, which is
+        also a context manager that ends its unit of work on the way out (``Session.idle()``).
 
         Failures raise AuthenticationError or SessionKeyError and change nothing in the process.
         A session already in the process is re-used (its connection) and its user replaced; its
         unit of work ends first (deferred tasks run, an open transaction is rolled back).
         """
+        if key is _NO_KEY and username is not None and password is None:
+            entry = self._registered()
+            if not entry.is_key(username):  # never a login without a password; never echoed
+                raise TypeError(f"create_session() with one argument takes a session key of the {entry.name} "
+                                f"backend ({entry.key_form}), and that argument is not one; to log in, give "
+                                "a username and a password")
+            key, username = username, None
         if key is not _NO_KEY:
             if username is not None or password is not None:
                 raise TypeError("create_session() takes either username and password, or key=, not both")

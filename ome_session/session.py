@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from . import _fork
 from ._lifecycle import ACTIVE, BOOTSTRAP, CLOSED, IDLE, INHERITED, LIVE, WORK, Inheritance, State, refusal
 from ._session_files import SessionFiles
+from ._session_props import SessionProperties
 from ._session_user import SessionUser
 from ._tempfiles import TempFiles
 from ._work import UnitOfWork
@@ -72,7 +73,7 @@ class _Binding:
         self._held.release()
 
 
-class Session(SessionUser, SessionFiles):
+class Session(SessionUser, SessionProperties, SessionFiles):
     """The logged-in session of this process. See the module docstring for how one is made."""
 
     _lock: ClassVar[threading.RLock] = threading.RLock()  # serialises making and replacing it
@@ -365,6 +366,14 @@ class Session(SessionUser, SessionFiles):
         """Run ``fn`` after the current unit of work, before ``idle()`` cleans up."""
         self._check(LIVE)
         self._work.defer(fn)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """``with manager.create_session(...) as session:`` ends the unit of work on the way out,
+        on an exception too (an open transaction is rolled back), as ``Session.idle()`` does."""
+        self._end()
 
     def __repr__(self) -> str:
         who = "bootstrap" if self._login is None else self._login.user_name

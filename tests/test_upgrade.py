@@ -54,8 +54,9 @@ def test_upgrade_keeps_the_data_and_the_live_keys(first_schema: str) -> None:
     after = {table: query(first_schema, f"SELECT * FROM {table} ORDER BY 1")
              for table in before}
     # New columns come last, the rows are the same. ome_sessions: su, then the session's own group
-    # and idle timeout (none: the default group and timeout go on applying); configuration: usable.
-    grown = {"ome_sessions": [(False, None, None)], "configuration": [(True,), (True,)]}
+    # and idle timeout (none: the default group and timeout go on applying), then its message;
+    # configuration: usable.
+    grown = {"ome_sessions": [(False, None, None, None)], "configuration": [(True,), (True,)]}
     assert {t: rows for t, rows in after.items() if t not in grown} == \
            {t: rows for t, rows in before.items() if t not in grown}
     for table, added in grown.items():

@@ -47,7 +47,11 @@ class Login(Generic[H]):
     group_name: str | None = None  # when the backend knows it without asking
     started: datetime.datetime | None = None
     last_access: datetime.datetime | None = None
+    expires_at: datetime.datetime | None = None  # the absolute end of the session (None: none)
+    closed_at: datetime.datetime | None = None  # when it was logged out, as this process saw it
     host: str | None = None
+    agent: str | None = None  # the program that logged in
+    message: str | None = None  # a message for whoever looks at the session (OMERO's Session.message)
     sudo_by: int | None = None
     sudoer_name: str | None = None  # when the backend knows it without asking
     idle_timeout: int | None = None  # seconds, when the server says (OMERO's per-session timeout)
@@ -96,6 +100,18 @@ def idle_seconds(value: object) -> int:
         raise TypeError(f"an idle timeout is a whole number of seconds, not {type(value).__name__}")
     if not 0 < value <= _MAX_SECONDS:
         raise ValueError(f"an idle timeout is from 1 to {_MAX_SECONDS} seconds, not {value}")
+    return value
+
+
+def session_message(value: object) -> str | None:
+    """A session's message as given: text PostgreSQL and Ice can carry, or None (no message)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"a session's message is text or None, not {type(value).__name__}")
+    if not plausible(value or " "):  # at most 4096 characters, no NUL, no lone surrogate
+        raise ValueError(f"a session's message is text of at most {_MAX_FIELD} characters, without NUL "
+                         "characters or lone surrogates")
     return value
 
 
@@ -188,6 +204,10 @@ class AuthBackend(ABC, Generic[H]):
         PermissionDenied above what the server allows."""
         raise SessionError(f"the {self.name} backend has no per-session idle timeout")
 
+    def set_message(self, login: Login[H], message: str | None) -> None:
+        """Leave ``message`` (``session_message``) on this session; None removes it."""
+        raise SessionError(f"the {self.name} backend keeps no message on a session")
+
 
 # -- the registry -----------------------------------------------------------------------------------
 
@@ -201,6 +221,7 @@ class Registered:
     validate_key: Callable[[object], str]  # the key format, checked before any I/O
     is_key: Callable[[object], bool]  # exactly the form the backend issues
     remote: bool  # the sessions live on another server: no local database, no Factory
+    key_form: str  # the key format, in words, for messages
     default_port: int | None = None
 
     def backend_class(self) -> type[AuthBackend[Any]]:
@@ -212,9 +233,10 @@ class Registered:
 
 
 REGISTRY: dict[str, Registered] = {
-    "local": Registered("local", ".local", _keys.validate_key, _keys.is_key, remote=False),
+    "local": Registered("local", ".local", _keys.validate_key, _keys.is_key, remote=False,
+                        key_form="32 lowercase hexadecimal characters"),
     "omero": Registered("omero", ".omero", _keys.validate_omero_key, _keys.is_omero_key, remote=True,
-                        default_port=OMERO_PORT),
+                        key_form="a lowercase UUID", default_port=OMERO_PORT),
 }
 NAMES = tuple(REGISTRY)
 
@@ -228,4 +250,4 @@ def registered(name: object) -> Registered:
 
 
 __all__ = ["BAD_LOGIN", "NAMES", "REGISTRY", "AuthBackend", "GroupInfo", "Login", "Registered", "idle_seconds",
-           "plausible", "registered"]
+           "plausible", "registered", "session_message"]

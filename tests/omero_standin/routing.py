@@ -103,6 +103,10 @@ class Registry:
             self._servants[Ice.identityToString(identity)] = servant
         return self.adapter.createProxy(identity)
 
+    def remove(self, identity: Any) -> None:
+        with self.lock:
+            self._servants.pop(Ice.identityToString(identity), None)
+
     def find(self, current: Any) -> Any | None:
         key = Ice.identityToString(current.id)
         with self.lock:

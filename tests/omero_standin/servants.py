@@ -176,6 +176,7 @@ class _ConnectionWatch(Ice.ConnectionCallback):  # type: ignore[misc]
             self._registry.destroy_factory(bound.factory)
 
 
+@amd
 class ServiceFactoryI(_SessionBound, omero.api.ServiceFactory):  # type: ignore[misc]
     """One client's ServiceFactory: hands out stateless services and keeps the session alive."""
 
@@ -255,6 +256,20 @@ class ServiceFactoryI(_SessionBound, omero.api.ServiceFactory):  # type: ignore[
         with self._registry.lock:
             previous, session.group_id = session.group_id, gid
         return omero.model.ExperimenterGroupI(previous, False)
+
+    def submit(self, req: Any, current: Any = None) -> Any:
+        """blitz runs a command (omero.cmd) and hands out its Handle; the stand-in runs the few it
+        models at once, so the handle is already finished when the client first polls it."""
+        session = self._session(current)
+        run = _COMMANDS.get(type(req).__name__)
+        if run is None:
+            raise omero.ApiUsageException(message=f"command not modelled: {type(req).__name__}")
+        response = run(self._registry, session, req)
+        with self._registry.lock:
+            identity = Ice.Identity(str(uuidlib.uuid4()), session.uuid)
+            self._factory.services[identity.name] = identity  # blitz lists handles as active services
+            prx = self._registry.add(identity, HandleI(self._registry, self._factory, identity, response))
+        return omero.cmd.HandlePrx.uncheckedCast(prx)
 
     def destroy(self, current: Any = None) -> None:
         self._registry.destroy_factory(self._factory)
@@ -449,6 +464,77 @@ class TypesServiceI(_SessionBound, omero.api.ITypes):  # type: ignore[misc]
             raise omero.ApiUsageException(message=f"enumeration not modelled: {enumClass}")
         return objects.admin_privilege_objects()
 
+
+class HandleI(_SessionBound, omero.cmd.Handle):  # type: ignore[misc]
+    """A finished command: its response (OK or ERR) and status, until the client closes it."""
+
+    def __init__(self, registry: Registry, factory: Factory, identity: Any, response: Any) -> None:
+        super().__init__(registry, factory)
+        self._identity = identity
+        self._response = response
+        failed = isinstance(response, omero.cmd.ERR)
+        source = omero.cmd.HandlePrx.uncheckedCast(registry.adapter.createProxy(identity))
+        self._status = omero.cmd.Status(
+            source=source, category="", name="", flags=[omero.cmd.State.FAILURE] if failed else [],
+            parameters={}, currentStep=1, steps=1, startTime=0, stepStartTimes=[0], stepStopTimes=[0],
+            stopTime=0)
+
+    def addCallback(self, cb: Any, current: Any = None) -> None:
+        self._session(current)  # stored nowhere: the client polls a finished handle at once
+
+    def removeCallback(self, cb: Any, current: Any = None) -> None:
+        self._session(current)
+
+    def getRequest(self, current: Any = None) -> Any:
+        raise omero.ApiUsageException(message="the stand-in keeps no request")
+
+    def getResponse(self, current: Any = None) -> Any:
+        self._session(current)
+        return self._response
+
+    def getStatus(self, current: Any = None) -> Any:
+        self._session(current)
+        return self._status
+
+    def cancel(self, current: Any = None) -> bool:
+        return False  # finished already
+
+    def close(self, current: Any = None) -> None:
+        with self._registry.lock:
+            self._factory.services.pop(self._identity.name, None)
+            self._registry.remove(self._identity)
+
+
+def _update_session_timeout(registry: Registry, caller: Session, req: Any) -> Any:
+    """blitz's UpdateSessionTimeoutRequest: a user changes his own session's timeouts, within
+    omero.sessions.max_user_time_to_idle / _to_live (0: no limit); an admin any session's."""
+    def err(name: str, **parameters: str) -> Any:
+        return omero.cmd.ERR(category=type(req).__name__, name=name, parameters=parameters)
+
+    try:
+        target = registry.table.lookup(req.session, touch=False)
+    except SessionGone:
+        return err("no-session", session=req.session)
+    admin = caller.user.is_admin
+    if not admin and target.user.id != caller.user.id:
+        return err("non-owner", session=req.session)
+    changes = {}
+    for name, field, limit in (("timeToIdle", "time_to_idle_ms", "omero.sessions.max_user_time_to_idle"),
+                               ("timeToLive", "time_to_live_ms", "omero.sessions.max_user_time_to_live")):
+        value = unwrap(getattr(req, name))
+        if value is None:
+            continue
+        maximum = int(registry.config.get(limit, "0"))
+        if value < 0 or (not admin and maximum and (value == 0 or value > maximum)):
+            return err("cannot-set", **{name: str(value), "maximum": str(maximum)})
+        changes[field] = value
+    with registry.lock:
+        for field, value in changes.items():
+            setattr(target, field, value)
+    return omero.cmd.OK()
+
+
+_COMMANDS = {"UpdateSessionTimeoutRequest": _update_session_timeout}
 
 # Service constant -> (servant class, reachable by the guest user), as blitz's getByName.
 _SERVICES: dict[str, tuple[type[_SessionBound], bool]] = {

@@ -13,16 +13,21 @@ from ..._connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREPARE_THRESHOLD
 from ..._principal import Principal
 from ...errors import AuthenticationError, PermissionDenied, SessionError, SessionKeyError
 from ...factory import Factory
-from .. import BAD_LOGIN, AuthBackend, GroupInfo, Login, idle_seconds, plausible
+from .. import BAD_LOGIN, AuthBackend, GroupInfo, Login, idle_seconds, plausible, session_message
 from . import _sql
 
 log = logging.getLogger(__name__)
 
 _BAD_KEY = "session key not accepted: it is unknown, expired or revoked; log in again"
-# Guests are read-only, their sessions included (a guest session is often everybody's).
-_GUEST_SETTINGS = "a guest may not change the session's settings (group, idle timeout): guests are read-only"
 # How stale last_access may get before a resume writes it (keep_alive always writes).
 _RESUME_TOUCH_EVERY = 60
+
+
+def _refuse_guests(login: Login[Any]) -> None:
+    """Guests are read-only, their sessions included (a guest session is often everybody's)."""
+    if login.is_guest:
+        raise PermissionDenied("a guest may not change the session's settings (group, idle timeout, message): "
+                               "guests are read-only")
 
 
 @dataclass(frozen=True)
@@ -138,7 +143,9 @@ class LocalBackend(AuthBackend[LocalHandle]):
         self._db.rollback()
         self._db.revive()
         with self._db.errors(), self._db.autocommit() as conn:
-            conn.execute(_sql.CLOSE_BY_ID, (login.handle.session_id,))
+            row = conn.execute(_sql.CLOSE_BY_ID, (login.handle.session_id,)).fetchone()
+        if row is not None:
+            login.closed_at = row[0]
 
     def sudo(self, actor: Login[LocalHandle], username: str, *, host: str | None,
              agent: str | None) -> Login[LocalHandle]:
@@ -200,13 +207,12 @@ class LocalBackend(AuthBackend[LocalHandle]):
             found = conn.execute(_sql.FIND_GROUP, {"name": group, "id": group_id}).fetchone()
         if found is None:
             raise ValueError(f"there is no group {group!r}; `ome-session whoami` lists yours")
+        _refuse_guests(login)
         principal = self._principal_now(login)
-        if principal.is_guest:
-            raise PermissionDenied(_GUEST_SETTINGS)
         if not principal.may_use_group(found[0]):
             raise PermissionDenied(f"{login.user_name} is not a member or leader of group {found[1]!r}; "
                                    "ask one of its leaders or an admin to add you")
-        self._update_session(login, _sql.SET_SESSION_GROUP, {"group_id": found[0]})
+        self._update_session(login, _sql.SET_SESSION_GROUP, found[0])
         self._factory.group_id = login.group_id = found[0]  # new objects of this session go there now
         return GroupInfo(found[0], found[1], True, found[0] in principal.led)
 
@@ -214,8 +220,7 @@ class LocalBackend(AuthBackend[LocalHandle]):
         """This session's own idle timeout, in seconds: at least 1, at most the configured
         ``session_max_idle_timeout`` and ``session_max_lifetime`` (where they are not 0)."""
         seconds = idle_seconds(seconds)
-        if login.is_guest:
-            raise PermissionDenied(_GUEST_SETTINGS)
+        _refuse_guests(login)
         configuration = self._factory.configuration
         limits = [(configuration.session_max_idle_timeout, "session_max_idle_timeout"),
                   (configuration.session_max_lifetime, "session_max_lifetime")]
@@ -224,9 +229,17 @@ class LocalBackend(AuthBackend[LocalHandle]):
                 raise PermissionDenied(f"an idle timeout of {seconds} s is more than this installation allows: "
                                        f"at most {limit} s ({name}; an admin may change it)")
         self._outside_transaction("changing the idle timeout")
-        row = self._update_session(login, _sql.SET_SESSION_IDLE_TIMEOUT, {"seconds": seconds})
+        row = self._update_session(login, _sql.SET_SESSION_IDLE_TIMEOUT, seconds)
         login.idle_timeout = row[0]
         return int(row[0])
+
+    def set_message(self, login: Login[LocalHandle], message: str | None) -> None:
+        """Leave a message on this session (None removes it); committed at once."""
+        message = session_message(message)
+        _refuse_guests(login)
+        self._outside_transaction("changing the session's message")
+        self._update_session(login, _sql.SET_SESSION_MESSAGE, message)
+        login.message = message
 
     def _principal_now(self, login: Login[LocalHandle]) -> Principal:
         """The login's user and rights as the rows say now (memberships may have changed since the
@@ -245,9 +258,9 @@ class LocalBackend(AuthBackend[LocalHandle]):
         if self._factory.in_transaction:
             raise SessionError(f"{what} commits as it goes: commit or roll back the open transaction first")
 
-    def _update_session(self, login: Login[LocalHandle], statement: str, params: dict[str, Any]) -> tuple[Any, ...]:
+    def _update_session(self, login: Login[LocalHandle], statement: str, value: Any) -> tuple[Any, ...]:
         """One change to the login's own session row, while it lives; SessionKeyError once it has ended."""
-        params = {"session_id": login.handle.session_id, **params, **_sql.config_defaults()}
+        params = {"session_id": login.handle.session_id, "value": value, **_sql.config_defaults()}
         with self._db.errors(), self._db.autocommit() as conn:
             row = conn.execute(statement, params).fetchone()
         if row is None:
@@ -267,8 +280,8 @@ class LocalBackend(AuthBackend[LocalHandle]):
         return self._login_from_row(key, row)
 
     def _login_from_row(self, key: str, row: tuple[Any, ...]) -> Login[LocalHandle]:
-        (session_id, user_id, name, default_group, session_group, idle_timeout, started, last_access, host,
-         sudo_by, is_admin, is_guest, is_super, member_of, leads, confined_to) = row
+        (session_id, user_id, name, default_group, session_group, idle_timeout, started, last_access, expires_at,
+         host, agent, message, sudo_by, is_admin, is_guest, is_super, member_of, leads, confined_to) = row
         principal = Principal(
             user_id=user_id, name=name, is_super=is_super, is_admin=is_admin, is_guest=is_guest,
             groups=frozenset(member_of), led=frozenset(leads),
@@ -278,7 +291,8 @@ class LocalBackend(AuthBackend[LocalHandle]):
         group_id = session_group if principal.may_use_group(session_group) else default_group
         return Login(
             key=key, experimenter_id=user_id, user_name=name, handle=LocalHandle(session_id), group_id=group_id,
-            started=started, last_access=last_access, host=host, sudo_by=sudo_by, idle_timeout=idle_timeout,
+            started=started, last_access=last_access, expires_at=expires_at, host=host, agent=agent,
+            message=message, sudo_by=sudo_by, idle_timeout=idle_timeout,
             is_admin=principal.admin, is_guest=is_guest, is_super=principal.admin and is_super,
             acl=principal.acl(), principal=principal,
         )

@@ -47,7 +47,7 @@ def close(where: str) -> str:
     return f"UPDATE ome_sessions s SET closed_at = now() WHERE s.closed_at IS NULL AND {where}"
 
 
-CLOSE_BY_ID = close("s.id = %s")
+CLOSE_BY_ID = close("s.id = %s") + " RETURNING s.closed_at"
 CLOSE_BY_DIGEST = close("s.key_digest = %s")
 
 # The configuration that decides who may be in, read inside the very statement that decides:
@@ -84,8 +84,8 @@ cfg AS (
 # confined to. The super user counts only while he is
 # an active admin: a super_user value naming anybody else names nobody.
 LOGIN_COLUMNS = f"""
-    s.id, e.id, e.ome_name, e.group_id, s.group_id, {idle_timeout("s")}, s.started, s.last_access, s.host,
-    s.sudo_by,
+    s.id, e.id, e.ome_name, e.group_id, s.group_id, {idle_timeout("s")}, s.started, s.last_access,
+    s.expires_at, s.host, s.agent, s.message, s.sudo_by,
     e.is_admin, e.is_guest, coalesce(e.id = cfg.super_user AND {active_admin("e")}, false) AS is_super,
     ARRAY(SELECT m.group_id FROM experimenter_group_map m WHERE m.experimenter_id = e.id
           UNION SELECT e.group_id WHERE e.group_id IS NOT NULL) AS member_of,
@@ -146,7 +146,7 @@ WITH {CFG}, hit AS (
     RETURNING s.id, s.last_access
 ), s AS (
     SELECT o.id, o.experimenter_id, o.started, coalesce(t.last_access, o.last_access) AS last_access,
-           o.host, o.sudo_by, o.group_id, o.idle_timeout
+           o.expires_at, o.host, o.agent, o.message, o.sudo_by, o.group_id, o.idle_timeout
     FROM hit JOIN ome_sessions o ON o.id = hit.id LEFT JOIN touched t ON t.id = hit.id
     WHERE hit.live
 )
@@ -180,17 +180,21 @@ ORDER BY g.name
 
 FIND_GROUP = "SELECT id, name FROM groups WHERE name = %(name)s OR id = %(id)s ORDER BY name = %(name)s DESC LIMIT 1"
 
-# A live session's own settings. Only the session's row: the user's default group never moves.
-SET_SESSION_GROUP = f"""
+
+
+def _set_own(column: str, returning: str) -> str:
+    """One setting of a live session, to ``%(value)s``: only the session's row, so the user's
+    default group and his other sessions never move."""
+    return f"""
 WITH {CFG}
-UPDATE ome_sessions s SET group_id = %(group_id)s FROM cfg WHERE s.id = %(session_id)s AND {live('s')}
-RETURNING s.group_id
+UPDATE ome_sessions s SET {column} = %(value)s FROM cfg WHERE s.id = %(session_id)s AND {live('s')}
+RETURNING {returning}
 """
-SET_SESSION_IDLE_TIMEOUT = f"""
-WITH {CFG}
-UPDATE ome_sessions s SET idle_timeout = %(seconds)s FROM cfg WHERE s.id = %(session_id)s AND {live('s')}
-RETURNING {idle_timeout("s")}
-"""
+
+
+SET_SESSION_GROUP = _set_own("group_id", "s.group_id")
+SET_SESSION_IDLE_TIMEOUT = _set_own("idle_timeout", idle_timeout("s"))
+SET_SESSION_MESSAGE = _set_own("message", "s.message")
 
 # A session's times as the expiry rule sees them: its idle timeout (its own, and in effect), last
 # access, absolute expiry, and the database's clock.

@@ -13,17 +13,20 @@ from typing import Any
 from ... import _fork
 from ..._keys import validate_omero_key
 from ...errors import AuthenticationError, ConfigurationError, PermissionDenied, SessionError, SessionKeyError
-from .. import BAD_LOGIN, AuthBackend, GroupInfo, Login, plausible
+from .. import BAD_LOGIN, AuthBackend, GroupInfo, Login, idle_seconds, plausible
 from . import _client, _groups, _parking
 from ._config import DEFAULT_PORT, Config
-from ._errors import BAD_KEY, Detached, Remote, describe, ending
+from ._errors import BAD_KEY, Detached, Remote, describe, describe_err, ending
 from ._handle import OmeroHandle
-from ._ice import Ice, omero, unwrap
+from ._ice import Ice, omero, rlong, unwrap
 from ._keepalive import KeepAlive
 
 log = logging.getLogger(__name__)
 
 OmeroLogin = Login[OmeroHandle]
+
+# How long a command submitted to the server (omero.cmd) is waited for: as omero-py's default.
+_CMD_LOOPS, _CMD_WAIT_MS = 10, 500
 
 
 class OmeroBackend(AuthBackend[OmeroHandle]):
@@ -153,6 +156,7 @@ class OmeroBackend(AuthBackend[OmeroHandle]):
                 self._kill_through(target)
         except SessionKeyError:
             pass  # already gone: nothing left to close
+        login.closed_at = _client.now()
         self._release(target)
         self._release(login)
 
@@ -238,6 +242,25 @@ class OmeroBackend(AuthBackend[OmeroHandle]):
         sf = self._session_of(login)
         _groups.set_group(login, login.handle.client, sf, self._remote, group)
         return None  # its name, and whether the user leads it, the server knows: ask groups()
+
+    def set_idle_timeout(self, login: OmeroLogin, seconds: int) -> int:
+        """The session's timeToIdle, changed as ``omero sessions timeout`` does: an
+        ``UpdateSessionTimeoutRequest`` submitted to the server, which decides what is allowed."""
+        seconds = idle_seconds(seconds)
+        client = self._client_of(login)
+        request = omero.cmd.UpdateSessionTimeoutRequest(session=login.key, timeToIdle=rlong(seconds * 1000))
+        with ending(login.handle), self._remote("change the idle timeout"):
+            try:
+                callback = client.submit(request, loops=_CMD_LOOPS, ms=_CMD_WAIT_MS)
+            except omero.CmdError as exc:
+                raise PermissionDenied(f"the OMERO server refused an idle timeout of {seconds} s for this session "
+                                       f"({describe_err(exc.err)})") from None
+            callback.close(True)
+        login.idle_timeout = seconds
+        return seconds
+
+    def set_message(self, login: OmeroLogin, message: str | None) -> None:
+        raise SessionError("OMERO.blitz offers its clients no call that changes a session's message")
 
     def groups(self, login: OmeroLogin) -> list[GroupInfo]:
         """The user's groups as the server has them now (two calls): ``current`` is the session's

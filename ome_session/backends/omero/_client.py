@@ -25,11 +25,14 @@ def login_of(client: Any, key: str, remote: Remote, *, host: str | None) -> Logi
     context = admin.getEventContext()
     session = remote.bounded(sf.getSessionService()).getSession(key)
     started = _when(unwrap(session.getStarted()))
-    tti = unwrap(session.getTimeToIdle())
+    tti, ttl = unwrap(session.getTimeToIdle()), unwrap(session.getTimeToLive())
     return Login(
         key=key, experimenter_id=context.userId, user_name=context.userName,
         handle=OmeroHandle(client, admin, context.groupId), group_id=context.groupId,
         group_name=context.groupName, started=started, last_access=now(), host=host,
+        expires_at=started + datetime.timedelta(milliseconds=ttl) if started and ttl else None,
+        closed_at=_when(unwrap(session.getClosed())), agent=unwrap(session.getUserAgent()) or None,
+        message=unwrap(session.getMessage()),
         sudo_by=unwrap(context.sudoerId), sudoer_name=unwrap(context.sudoerName) or None,
         idle_timeout=tti // 1000 if tti else None, is_admin=bool(context.isAdmin),
         is_guest=context.userName == _GUEST,

@@ -89,3 +89,10 @@ def describe(exc: BaseException) -> str:
     if not reason and isinstance(errno, int) and errno > 0:
         reason = os.strerror(errno)
     return f"{name}: {' '.join(str(reason).split())}" if reason else name
+
+
+def describe_err(err: object) -> str:
+    """One line for an ``omero.cmd.ERR`` response: its category, name and parameters."""
+    what = " ".join(filter(None, (getattr(err, "category", ""), getattr(err, "name", ""))))
+    details = ", ".join(f"{k}: {v}" for k, v in sorted((getattr(err, "parameters", None) or {}).items()))
+    return "; ".join(filter(None, (what or "no reason given", " ".join(details.split()))))

@@ -9,11 +9,12 @@ try:
     import Ice
     import omero
     import omero.clients
+    import omero.cmd
     import omero.model.enums
-    from omero.rtypes import unwrap
+    from omero.rtypes import rlong, unwrap
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ConfigurationError(
         f"the OMERO backend needs the [omero] extra ({exc}): run scripts/install-omero-extra"
     ) from exc
 
-__all__ = ["Glacier2", "Ice", "omero", "unwrap"]
+__all__ = ["Glacier2", "Ice", "omero", "rlong", "unwrap"]
