@@ -314,7 +314,7 @@ def _write(dbh: psycopg.Connection[Any], name: str, value: Any) -> None:
 
 def _read_all(factory: Factory) -> dict[str, Any]:
     conn = factory._connection
-    with conn.errors(), conn.autocommit() as raw:
+    with factory._entered(), conn.errors(), conn.autocommit() as raw:
         rows = raw.execute(_SELECT_ALL).fetchall()
     values = {}
     for name, value in rows:

@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, Protocol
 
 from psycopg import sql
 
 from . import _permissions, _query
 from ._connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREPARE_THRESHOLD, Connection
+from ._lifecycle import FILES
 from ._permissions import ROW, TRUSTED, Acl, Principal
 from .dbobject import DBObject, private_column_message, resolve
+from .errors import SessionError
 
 if TYPE_CHECKING:
     import psycopg
 
+    from ._lifecycle import State
     from .configuration import Configuration
 
 ClassRef = type[DBObject] | str
@@ -45,6 +49,8 @@ class _Owner(Protocol):
     """Whoever decides whether a Factory may be used: its session (``Session._check``)."""
 
     def _check(self) -> None: ...
+
+    def _entered(self, allowed: frozenset[State]) -> AbstractContextManager[None]: ...
 
     def _check_may_end_transaction(self, what: str) -> None: ...
 
@@ -107,6 +113,13 @@ class Factory:
         """The one guard of every use: the session's state decides (see ``Session._check``)."""
         if self._session is not None:
             self._session._check()
+
+    def _entered(self) -> AbstractContextManager[None]:
+        """Around a read that an idle session allows too (the configuration): its session checks
+        the caller and keeps other threads' logins off the connection meanwhile."""
+        if self._session is None:
+            return nullcontext()
+        return self._session._entered(FILES)
 
     def _check_may_end(self, what: str) -> None:
         if self._session is not None:
@@ -228,12 +241,34 @@ class Factory:
         query, params = _query.compile_select(klass, criteria, self.acl)
         conn = self.obtain_dbh()
         self._cursor_seq += 1
-        with self._db.errors(), conn.cursor(name=f"ome_iter_{self._cursor_seq}") as cur:
-            cur.itersize = _ITER_BATCH
-            cur.execute(query, params)
-            names = list(klass.__columns__)
-            for row in cur:
-                yield klass._from_row(self, dict(zip(names, row, strict=True)))
+        names = list(klass.__columns__)
+        cur = conn.cursor(name=f"ome_iter_{self._cursor_seq}")
+        try:
+            with self._db.errors():
+                cur.execute(query, params)
+            while True:
+                # Each batch is a round trip: asked for only while the unit of work is still this
+                # one's (not idled, not another thread's), like every other use of the Factory.
+                self._check()
+                with self._db.errors():
+                    rows = cur.fetchmany(_ITER_BATCH)
+                if not rows:
+                    break
+                for row in rows:
+                    yield klass._from_row(self, dict(zip(names, row, strict=True)))
+        finally:
+            self._close_cursor(cur)
+
+    def _close_cursor(self, cur: psycopg.ServerCursor[Any]) -> None:
+        """Close a server-side cursor, unless its unit of work is over (the cursor went with its
+        transaction, and the connection may be another thread's by now: nothing is sent)."""
+        try:
+            self._check()
+        except SessionError:
+            cur._closed = True  # nothing to close on the server; and no warning when collected
+            return
+        with self._db.errors():
+            cur.close()
 
     def count_objects(self, cls: ClassRef, **criteria: Any) -> int:
         query, params = _query.compile_count(self._readable(cls), criteria, self.acl)

@@ -24,7 +24,8 @@ from ._session_files import SessionFiles
 from ._session_props import SessionProperties
 from ._session_user import SessionUser
 from ._tempfiles import TempFiles
-from ._work import UnitOfWork
+from ._work import UnitOfWork, this_task, this_thread
+from ._work import _local as _threads
 from .errors import BootstrapError, NoSessionError, SessionError
 
 if TYPE_CHECKING:
@@ -42,12 +43,14 @@ _NOT_PUBLIC = (
 
 class _Current:
     """Where ``Session.instance()`` finds the process's session: one plain object, read with one
-    attribute lookup (it is called everywhere, often in loops)."""
+    attribute lookup (it is called everywhere, often in loops), and the lock that serialises
+    making, replacing and closing it, and every use of an idle one's connection."""
 
-    __slots__ = ("session",)
+    __slots__ = ("lock", "session")
 
     def __init__(self) -> None:
         self.session: Session | None = None
+        self.lock = threading.RLock()
 
 
 _current = _Current()  # the process's session (in "process" scope, the only scope there is)
@@ -57,17 +60,27 @@ class _Binding:
     """``with Session._binding() as current:``: the process's own session (None if there is none),
     with logins serialised. A class, not a generator context manager: it runs on every login and
     resume. The fork protocol is asked first, so a fork the at-fork hook did not see is found before
-    anything of the parent's is used, its lock included (the protocol replaces the lock); the lock
-    released is the one acquired, even if a fork inside the block replaced ``Session._lock``."""
+    anything of the parent's is used, its lock included (the protocol replaces the holder and its
+    lock); the lock released is the one acquired, even if a fork inside the block replaced it."""
 
     __slots__ = ("_held",)
     _held: threading.RLock
 
     def __enter__(self) -> Session | None:
         _fork.owned()
-        self._held = Session._lock
+        current = _current
+        self._held = current.lock
         self._held.acquire()
-        return _current.session
+        session = current.session
+        if session is not None:
+            try:
+                # Whose the unit of work is, before anything is sent on its connection: only its
+                # own thread (or task) may replace it, or any thread once it is idle.
+                session._work.check_owner("log in", state_open=False, take_over=True)
+            except BaseException:
+                self._held.release()
+                raise
+        return session
 
     def __exit__(self, *exc: object) -> None:
         self._held.release()
@@ -76,7 +89,6 @@ class _Binding:
 class Session(SessionUser, SessionProperties, SessionFiles):
     """The logged-in session of this process. See the module docstring for how one is made."""
 
-    _lock: ClassVar[threading.RLock] = threading.RLock()  # serialises making and replacing it
     _inherited: ClassVar[Inheritance | None] = None  # the parent's session, in a forked child
     _binding: ClassVar[type[_Binding]] = _Binding
 
@@ -85,6 +97,7 @@ class Session(SessionUser, SessionProperties, SessionFiles):
     _login: Login[Any] | None
     _work: UnitOfWork
     _tempfiles: TempFiles | None
+    _lock: threading.RLock  # the lock of the holder it is the session of (``_Current.lock``)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Session:
         raise SessionError(_NOT_PUBLIC)
@@ -94,6 +107,7 @@ class Session(SessionUser, SessionProperties, SessionFiles):
         self = object.__new__(cls)
         self._state, self._backend, self._login = IDLE, backend, None
         self._work, self._tempfiles = UnitOfWork(), None
+        self._lock = _current.lock
         _fork.register(self)
         return self
 
@@ -138,7 +152,8 @@ class Session(SessionUser, SessionProperties, SessionFiles):
         """End the unit of work: run deferred tasks, roll back, clear caches, finish temp files.
 
         The connection stays open for the next login; until then the Factory raises
-        ``SessionIdleError``. A failing deferred task is logged and idle still completes.
+        ``SessionIdleError``. A failing deferred task is logged and idle still completes. Only
+        the thread (or task) whose unit of work it is may end it: another gets ``SessionError``.
         """
         session = _current.session
         if session is not None:
@@ -148,36 +163,66 @@ class Session(SessionUser, SessionProperties, SessionFiles):
     def delete_instance(cls, force: bool = False) -> None:
         """Roll back, close the connection, clean temporary files and drop the session."""
         _fork.owned()
-        with cls._lock:
-            session, _current.session = _current.session, None
-        if session is None:
-            return
-        if not force:
-            warnings.warn("deleting the process's session (pass force=True to silence this)", stacklevel=2)
-        session._work.run_deferred()
-        session._close()
+        current = _current
+        with current.lock:
+            session = current.session
+            if session is None:
+                return
+            session._work.check_owner("delete the session", state_open=False, take_over=True)
+            current.session = None
+            if not force:
+                warnings.warn("deleting the process's session (pass force=True to silence this)", stacklevel=2)
+            session._work.run_deferred()
+            session._close()
 
     @classmethod
     def forget_instance(cls) -> None:
         """Drop the session without closing what it holds (a forked child's parent owns that)."""
-        with cls._lock:
-            session, _current.session = _current.session, None
-        if session is not None:
+        current = _current
+        with current.lock:
+            session = current.session
+            if session is None:
+                return
+            session._work.check_owner("forget the session", state_open=False, take_over=True)
+            current.session = None
             session._forget()
 
     # -- the guard -------------------------------------------------------------------------------
 
     def _check(self, allowed: frozenset[State] = WORK) -> None:
-        """The one guard: raise unless the state allows this kind of use (``_lifecycle``)."""
+        """The one guard: raise unless the state allows this kind of use (``_lifecycle``), and
+        the unit of work, if one is open, is the calling thread's (and task's; ``_work``).
+
+        The owner is read before the state: a unit of work is given its owner before the state
+        says it is open, and loses it after the state says it ended, so a thread that reads no
+        owner and an open state is looking at another thread's login in progress.
+        """
+        work = self._work
+        owner = work.owner
         state = self._state
         if state is not ACTIVE and state not in allowed:
             raise refusal(state)
+        try:
+            mine = owner is _threads.owner and work.task is None
+        except AttributeError:  # this thread never began a unit of work
+            mine = False
+        if not mine and (owner is not None or state is ACTIVE or state is BOOTSTRAP):
+            work.check_owner(state_open=state is ACTIVE or state is BOOTSTRAP)
 
     def _check_may_end_transaction(self, what: str) -> None:
         self._check()
         self._work.check_outside_blocks(what)
 
     # -- transitions -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _entered(self, allowed: frozenset[State] = LIVE) -> Iterator[None]:
+        """For a use of the connection that an idle session allows (reading the configuration,
+        logging out, closing): checked as ``_check`` does, and serialised with logins, so it
+        never runs on the connection while another thread logs in on it."""
+        with self._lock:
+            self._check(allowed)
+            yield
 
     @classmethod
     def _bind(cls, current: Session | None, backend: AuthBackend[Any], login: Login[Any]) -> Session:
@@ -206,7 +251,10 @@ class Session(SessionUser, SessionProperties, SessionFiles):
         return session
 
     def _begin(self, backend: AuthBackend[Any], login: Login[Any] | None) -> None:
-        """A unit of work begins, ``login``'s or a bootstrap's (None): the one place it does."""
+        """A unit of work begins, ``login``'s or a bootstrap's (None): the one place it does.
+
+        It belongs to the calling thread (and task): its owner is set before the state says it
+        is open (see ``_check``)."""
         self._backend = backend
         factory = backend.factory
         if factory is not None:
@@ -214,22 +262,33 @@ class Session(SessionUser, SessionProperties, SessionFiles):
         if login is not None:
             backend.begin(login)
         self._login = login
-        self._work = UnitOfWork()
+        self._work = UnitOfWork(this_thread(), this_task())
         self._state = ACTIVE if login is not None else BOOTSTRAP
 
     def _end(self) -> None:
-        """The unit of work ends (``idle()``): ACTIVE, BOOTSTRAP or IDLE become IDLE."""
-        if self._state is CLOSED or self._state is INHERITED:
+        """The unit of work ends (``idle()``): ACTIVE or BOOTSTRAP become IDLE.
+
+        Only its own thread (or task) may end it, or any thread once that one ended. An idle
+        session's deferred tasks run and its leftover files go, but nothing is sent: its
+        connection may be carrying another thread's login by now.
+        """
+        state = self._state
+        if state is CLOSED or state is INHERITED:
             return
         work = self._work
+        if state is not IDLE:
+            work.check_owner("end the unit of work (idle())", state_open=False, take_over=True)
         if work.deferred and not _fork.owned():
             return  # a fork the hook missed: those tasks are the parent's
         work.run_deferred()
+        if state is IDLE:
+            self._finish_leftovers()
+            return
         try:
             self._backend.idle()
         finally:
-            work.end()
             self._state = IDLE
+            work.end()
             self._finish_leftovers()
 
     def _close(self) -> None:
@@ -260,18 +319,18 @@ class Session(SessionUser, SessionProperties, SessionFiles):
     def _log_out(self) -> None:
         """Revoke the key for good (the backend rolls an open transaction back first), then close."""
         _fork.owned()
-        self._check(LIVE)
-        if self._login is not None:
-            self._backend.logout(self._login)
-        with Session._lock:
+        with self._entered():
+            if self._login is not None:
+                self._backend.logout(self._login)
             if _current.session is self:
                 _current.session = None
-        self._work.run_deferred()
-        self._close()
+            self._work.run_deferred()
+            self._close()
 
     def _reset_after_fork_in_child(self) -> None:
         if self._state is not CLOSED:
             self._state = INHERITED
+        self._work = UnitOfWork()  # the parent's threads do not exist here: it is nobody's
 
     def _inheritance(self) -> Inheritance | None:
         if self._login is None:
@@ -284,16 +343,15 @@ class Session(SessionUser, SessionProperties, SessionFiles):
         """End a bootstrap session; refuses while uncommitted changes exist (nothing is lost silently)."""
         if self._login is not None:
             raise BootstrapError("finish_bootstrap() is for bootstrap sessions only")
-        self._check(LIVE)
-        if self.factory._has_uncommitted_changes():
-            raise BootstrapError(
-                "the bootstrap session has uncommitted changes: commit_transaction() or "
-                "rollback_transaction() before finish_bootstrap()"
-            )
-        with Session._lock:
+        with self._entered():
+            if self.factory._has_uncommitted_changes():
+                raise BootstrapError(
+                    "the bootstrap session has uncommitted changes: commit_transaction() or "
+                    "rollback_transaction() before finish_bootstrap()"
+                )
             if _current.session is self:
                 _current.session = None
-        self._close()
+            self._close()
 
     # -- what the session holds ------------------------------------------------------------------
 
@@ -388,9 +446,9 @@ def inherited() -> Inheritance | None:
 @_fork.at_fork_in_child
 def _forget_in_child() -> None:
     """The fork protocol's reset of the singleton: the child has no session, only what it takes to
-    log in again. A fresh lock: a thread of the parent may have held the old one."""
-    Session._lock = threading.RLock()
-    session, _current.session = _current.session, None
+    log in again. A fresh holder and lock: a thread of the parent may have held the old one."""
+    global _current  # the holder is replaced whole: a parent's thread may hold its lock
+    session, _current = _current.session, _Current()
     if session is not None:
         Session._inherited = session._inheritance()
 
@@ -400,6 +458,10 @@ def _close_at_exit() -> None:
     _fork.owned()  # a fork the hook missed: the parent's session is let go of first
     session, _current.session = _current.session, None
     if session is not None:
+        try:
+            session._work.check_owner("close the session at exit", state_open=False, take_over=True)
+        except SessionError:
+            return  # a daemon thread is inside its unit of work: closing under it could crash it
         session._close()
 
 

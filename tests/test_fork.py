@@ -30,6 +30,7 @@ import pytest
 from psycopg import pq
 
 from ome_session import Session, SessionManager, _connection
+from ome_session import session as session_module
 from ome_session.errors import NoSessionError, SessionIdleError
 from tests.helpers import People, backend_pid, login, query
 
@@ -434,7 +435,7 @@ def test_a_fork_from_c_while_another_thread_logs_in_leaves_the_child_free_to_log
     held, release = threading.Event(), threading.Event()
 
     def mid_login() -> None:
-        with Session._lock:  # what a login in progress holds
+        with session_module._current.lock:  # what a login in progress holds
             held.set()
             release.wait()
 

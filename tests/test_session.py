@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 import warnings
 from pathlib import Path
 
@@ -32,27 +31,6 @@ def test_instance_without_a_session_names_the_caller() -> None:
     with pytest.raises(NoSessionError, match="some_worker_function"):
         some_worker_function()
     assert not Session.has_instance()
-
-
-def test_concurrent_logins_leave_exactly_one_consistent_session(people: People) -> None:
-    names = ["alice", "bob", "carol", "lena"] * 2
-    errors: list[BaseException] = []
-
-    def log_in(name: str) -> None:
-        try:
-            login(people, name)
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    threads = [threading.Thread(target=log_in, args=(n,)) for n in names]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
-    session = Session.instance()
-    assert session.user.ome_name == session.user_name
-    assert session.factory.owner_id == session.experimenter_id
 
 
 def test_after_idle_the_factory_refuses_until_the_next_login(people: People) -> None:
