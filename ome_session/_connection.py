@@ -14,7 +14,7 @@ import os
 import select
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import pq
@@ -22,6 +22,9 @@ from psycopg.conninfo import conninfo_to_dict
 
 from . import _fork
 from .errors import DatabaseError, DatabaseUnavailable, IntegrityError, SessionClosedError, TransactionLost
+
+if TYPE_CHECKING:
+    from ._pool import Pool
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +53,18 @@ class Connection:
     next use, or by ``revive()`` at the start of a unit of work); closed for good by ``close()``
     (every use then raises). In a forked child the inherited socket is muted by the fork protocol
     and the next use opens a connection of the child's own.
+
+    With a ``pool`` (thread scope) the connection is borrowed instead: for a unit of work, from
+    its start (``revive``, or the first use) to ``release()`` at its end, and given back at
+    ``close()``; the child of a fork connects on its own.
     """
 
     def __init__(self, dsn: str, *, connect_timeout: int = DEFAULT_CONNECT_TIMEOUT,
-                 prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD) -> None:
+                 prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD, pool: Pool | None = None) -> None:
         self.dsn = dsn
         self.connect_timeout = connect_timeout
         self.prepare_threshold = prepare_threshold
+        self._pool = pool
         self._conn: psycopg.Connection[Any] | None = None
         self._closed = False
         self._opened = False
@@ -70,8 +78,12 @@ class Connection:
         """Connect (again); raises DatabaseUnavailable naming where and why, within the timeout.
 
         A connection opened in place of an earlier one (it broke, or the process is a forked
-        child) tells the ``on_replaced`` subscribers.
+        child) tells the ``on_replaced`` subscribers; one borrowed from the pool does not (it is
+        the pool's: whose server session it had before says nothing of this one).
         """
+        if self._pool is not None:
+            self._conn, self._closed = self._pool.borrow(describe_dsn(self.dsn)), False
+            return
         try:
             conn = psycopg.connect(self.dsn, autocommit=False, connect_timeout=self.connect_timeout)
         except psycopg.Error as exc:
@@ -129,12 +141,23 @@ class Connection:
 
     def revive(self) -> None:
         """At the start of a unit of work: a connection that broke while idle is replaced (one
-        closed for good stays closed)."""
-        if not self.usable:
-            self._own()  # raises for a connection closed for good
+        closed for good stays closed); a borrowed one that the server dropped while it sat in the
+        pool goes back (the pool drops it) and another is borrowed."""
+        if self.usable:
+            return
+        self._own()  # raises for a connection closed for good
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._let_go(conn)
+            if self._pool is not None:
+                self._replaced()  # a broken one: what was read on it is gone with it
+        self.open()
+        for _ in range(self._pool.size if self._pool is not None else 0):
+            if self.usable:
+                return
             conn, self._conn = self._conn, None
             if conn is not None:
-                _close_quietly(conn)
+                self._let_go(conn)
             self.open()
 
     @property
@@ -174,6 +197,16 @@ class Connection:
             with self.errors():
                 conn.commit()
 
+    def release(self) -> None:
+        """The unit of work ended (rolled back): a borrowed connection goes back to its pool;
+        an own one stays for the next."""
+        if self._pool is None or self._conn is None:
+            return
+        conn = self._own()
+        self._conn = None
+        if conn is not None:
+            self._let_go(conn)
+
     def close(self) -> None:
         """Roll back and close, for good (a forked child's inherited socket is never touched)."""
         if self._closed:
@@ -181,12 +214,22 @@ class Connection:
         conn = self._own()
         self._conn, self._closed = None, True
         if conn is not None and not conn.closed:
-            _close_quietly(conn)  # the server rolls back an open transaction when the session ends
+            self._let_go(conn)  # the server rolls back an open transaction when the session ends
 
     def discard(self) -> None:
-        """Drop the connection without closing it (whoever holds it may go on using it)."""
-        self._own()  # after a missed fork, the protocol mutes the socket first
+        """Drop the connection without closing it (whoever holds it may go on using it); a
+        borrowed one goes back to its pool, which is the only other holder it has."""
+        conn = self._own()  # after a missed fork, the protocol mutes the socket first
         self._conn, self._closed = None, True
+        if conn is not None and self._pool is not None:
+            self._pool.give_back(conn)
+
+    def _let_go(self, conn: psycopg.Connection[Any]) -> None:
+        """Give a borrowed connection back (the pool rolls back), or close an own one."""
+        if self._pool is not None:
+            self._pool.give_back(conn)
+        else:
+            _close_quietly(conn)
 
     def _reset_after_fork_in_child(self) -> None:
         """In a freshly forked child: make the inherited socket harmless, take no locks.
@@ -195,6 +238,7 @@ class Connection:
         connection lock: so no psycopg call but reading the socket number (see ``_mute``).
         """
         conn, self._conn = self._conn, None
+        self._pool = None  # the parent's: the child connects on its own
         if conn is None:
             return
         if not conn.closed:

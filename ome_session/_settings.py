@@ -8,6 +8,10 @@ file says which database to trust with everything: only root's or one's own is r
 one that others can change. One readable by its group is accepted only when it names a service
 account (``service_user``) of that group (see ``_service_account``).
 
+The settings file may also choose the scope (``"scope": "process"`` or ``"thread"``) and size
+thread scope's connection pool (``"pool_size"``, ``"pool_timeout"`` in seconds); the environment
+(``OME_SESSION_SCOPE``, ``OME_SESSION_POOL_SIZE``, ``OME_SESSION_POOL_TIMEOUT``) wins over the file.
+
 The settings file also names the backend (``"backend"``, one of the registry's, ``local`` by
 default). A remote backend needs no database: its options (the server) are the object named after
 it, as in ``{"backend": "omero", "omero": {"host": "omero.example.org", "port": 4064}}``.
@@ -16,6 +20,7 @@ it, as in ``{"backend": "omero", "omero": {"host": "omero.example.org", "port": 
 from __future__ import annotations
 
 import json
+import math
 import os
 import pwd
 import stat
@@ -27,6 +32,7 @@ import platformdirs
 
 from . import _safefs, _service_account
 from ._connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREPARE_THRESHOLD
+from ._pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT
 from .backends import NAMES, REGISTRY
 from .errors import ConfigurationError
 
@@ -50,6 +56,8 @@ class Settings:
     # None switches off server-side prepared statements (pgbouncer in transaction mode).
     prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD
     service_user: str | None = None  # the account that may read the settings file too
+    pool_size: int = DEFAULT_POOL_SIZE  # thread scope: connections per database per process
+    pool_timeout: float = DEFAULT_POOL_TIMEOUT  # thread scope: seconds to wait for one
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -60,6 +68,10 @@ class Settings:
 
     def connection_options(self) -> dict[str, Any]:
         return {"connect_timeout": self.connect_timeout, "prepare_threshold": self.prepare_threshold}
+
+    def pool_options(self) -> dict[str, Any]:
+        """What a thread scope's session borrows its connections with."""
+        return {"pool_size": self.pool_size, "pool_timeout": self.pool_timeout}
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"backend": self.backend, "connect_timeout": self.connect_timeout,
@@ -83,6 +95,33 @@ def settings_path() -> Path:
 
 def resolve_dsn(dsn: str | None = None) -> Settings:
     """The database to use, by the rules in the module docstring; ConfigurationError if none."""
+    settings = _resolve(dsn)
+    size, timeout = os.environ.get("OME_SESSION_POOL_SIZE"), os.environ.get("OME_SESSION_POOL_TIMEOUT")
+    if size is not None:
+        settings.pool_size = _positive(size, int, "OME_SESSION_POOL_SIZE")
+    if timeout is not None:
+        settings.pool_timeout = _positive(timeout, float, "OME_SESSION_POOL_TIMEOUT")
+    return settings
+
+
+def configured_scope() -> str | None:
+    """The scope ``OME_SESSION_SCOPE`` or the settings file chooses (read without finding the
+    database); None when neither says."""
+    scope = os.environ.get("OME_SESSION_SCOPE")
+    source = "OME_SESSION_SCOPE"
+    if scope is None:
+        path = next((p for p in (settings_path(), SYSTEM_SETTINGS) if _present(p)), None)
+        if path is None:
+            return None
+        scope, source = _read_file(path)[0].get("scope"), f"settings file {path}"
+        if scope is None:
+            return None
+    if scope not in ("process", "thread"):
+        raise ConfigurationError(f"{source}: the scope is 'process' or 'thread', not {scope!r}")
+    return str(scope)
+
+
+def _resolve(dsn: str | None) -> Settings:
     if dsn:
         return Settings(dsn=dsn, source="argument")
     env = os.environ.get("OME_SESSION_DSN")
@@ -148,7 +187,8 @@ def _from_file(path: Path) -> Settings:
     prepare = data.get("prepare_threshold", DEFAULT_PREPARE_THRESHOLD)
     if prepare is not None and not isinstance(prepare, int):
         raise ConfigurationError(f"{path}: prepare_threshold must be an integer or null")
-    known = ("dsn", "embedded", "connect_timeout", "prepare_threshold", "backend", "service_user")
+    known = ("dsn", "embedded", "connect_timeout", "prepare_threshold", "backend", "service_user", "scope",
+             "pool_size", "pool_timeout")
     extra = {k: v for k, v in data.items() if k not in known}
     backend = str(data.get("backend", "local"))
     service = data.get("service_user")
@@ -174,6 +214,10 @@ def _from_file(path: Path) -> Settings:
     settings.connect_timeout = timeout
     settings.prepare_threshold = prepare
     settings.service_user = service
+    if "pool_size" in data:
+        settings.pool_size = _positive(data["pool_size"], int, f"{path}: pool_size")
+    if "pool_timeout" in data:
+        settings.pool_timeout = _positive(data["pool_timeout"], float, f"{path}: pool_timeout")
     settings.extra = extra
     return settings
 
@@ -236,6 +280,18 @@ def _prepare_threshold(value: str) -> int | None:
         raise ConfigurationError(
             f"OME_SESSION_PREPARE_THRESHOLD must be 'off' or a non-negative integer, not {value!r}")
     return threshold
+
+
+def _positive(value: Any, kind: type[int] | type[float], what: str) -> Any:
+    """A positive number of ``kind`` from a settings value or an environment string."""
+    try:
+        number = kind(value) if isinstance(value, str) or (kind is float and isinstance(value, int)) else value
+    except ValueError:
+        number = None
+    if isinstance(number, bool) or not isinstance(number, kind) or not 0 < number < math.inf:
+        raise ConfigurationError(f"{what} must be a positive {'integer' if kind is int else 'number'}, "
+                                 f"not {value!r}")
+    return number
 
 
 def _has_password(dsn: str) -> bool:

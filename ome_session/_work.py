@@ -122,7 +122,8 @@ class UnitOfWork:
         return SessionError(
             f"cannot {what} from {this_thread()}{self._task_suffix(this_task())}: the session's unit of "
             f"work belongs to {self._who()}, which logged in and has not called Session.idle(); "
-            "a unit of work is never shared. Log in in this thread (or task) after that one idles"
+            "a unit of work is never shared. Log in in this thread (or task) after that one idles, "
+            "or give each thread a session of its own with Session.set_scope('thread')"
         )
 
     def _who(self) -> str:

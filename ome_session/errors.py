@@ -74,6 +74,10 @@ class TransactionLost(DatabaseUnavailable):
     """
 
 
+class PoolExhausted(DatabaseUnavailable):
+    """Thread scope: every connection of the pool stayed lent out for the whole pool timeout."""
+
+
 __all__ = [
     "AuthenticationError",
     "BootstrapError",
@@ -83,6 +87,7 @@ __all__ = [
     "IntegrityError",
     "NoSessionError",
     "PermissionDenied",
+    "PoolExhausted",
     "SessionClosedError",
     "SessionError",
     "SessionIdleError",

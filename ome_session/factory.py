@@ -20,6 +20,7 @@ from . import _permissions, _query
 from ._connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREPARE_THRESHOLD, Connection
 from ._lifecycle import FILES
 from ._permissions import ROW, TRUSTED, Acl, Principal
+from ._pool import DEFAULT_POOL_TIMEOUT, pool_for
 from .dbobject import DBObject, private_column_message, resolve
 from .errors import SessionError
 
@@ -64,8 +65,14 @@ class Factory:
     """
 
     def __init__(self, dsn: str, *, connect_timeout: int = DEFAULT_CONNECT_TIMEOUT,
-                 prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD) -> None:
-        self._db = Connection(dsn, connect_timeout=connect_timeout, prepare_threshold=prepare_threshold)
+                 prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD, pool_size: int | None = None,
+                 pool_timeout: float = DEFAULT_POOL_TIMEOUT) -> None:
+        # With a pool_size (thread scope), the connection is borrowed from the process's pool for
+        # each unit of work and given back at its end.
+        pool = None if pool_size is None else pool_for(dsn, connect_timeout=connect_timeout,
+                                                       prepare_threshold=prepare_threshold, size=pool_size,
+                                                       timeout=pool_timeout)
+        self._db = Connection(dsn, connect_timeout=connect_timeout, prepare_threshold=prepare_threshold, pool=pool)
         self._session: _Owner | None = None
         self._cache: weakref.WeakValueDictionary[tuple[Any, ...], DBObject] = weakref.WeakValueDictionary()
         self._configuration: Configuration | None = None
@@ -138,8 +145,10 @@ class Factory:
         self.group_id = principal.default_group(group_id)
 
     def _end(self) -> None:
-        """The unit of work ended: roll back (no round trip when nothing is open), drop the caches."""
+        """The unit of work ended: roll back (no round trip when nothing is open), drop the caches,
+        give a borrowed connection back to its pool."""
         self._rollback()
+        self._db.release()
 
     def _enter_block(self, depth: int) -> None:
         """A ``transaction()`` block begins; nested ones (``depth`` > 0) make a savepoint."""

@@ -49,7 +49,7 @@ class SessionManager:
     def settings(self) -> Settings:
         if self._settings is None:
             settings = resolve_dsn(self._dsn)
-            for name in ("connect_timeout", "prepare_threshold"):
+            for name in ("connect_timeout", "prepare_threshold", "pool_size", "pool_timeout"):
                 if name in self._options:
                     setattr(settings, name, self._options[name])
             if self._backend_name:
@@ -70,7 +70,9 @@ class SessionManager:
         (``host=`` names that server then, not where the login comes from)."""
         if not entry.remote:
             settings = self.settings
-            return {"dsn": settings.dsn, **settings.connection_options()}
+            # Thread scope: every thread's session borrows its connection from the process's pool.
+            pool = settings.pool_options() if Session.scope() == "thread" else {}
+            return {"dsn": settings.dsn, **settings.connection_options(), **pool}
         options = dict(self.settings.backend_options) if self._backend_name is None else {}
         options.update(self._options)
         if self._host is not None:

@@ -1,6 +1,7 @@
 """The process's one Session: who is logged in, their Factory, transaction and temporary files.
 
-There is at most one Session per process, reached anywhere as ``Session.instance()``. Only a
+There is at most one Session per process, reached anywhere as ``Session.instance()`` (in thread
+scope, one per thread: ``Session.set_scope``). Only a
 ``SessionManager`` (logins) and ``Session.bootstrap_instance()`` (installers) create one; the
 manager authenticates, the session binds the result. What a session may do is one state
 (``_lifecycle``), changed only by the transitions below (bind, idle, close, forget, the reset after
@@ -18,8 +19,9 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from . import _fork
+from . import _fork, _scope
 from ._lifecycle import ACTIVE, BOOTSTRAP, CLOSED, IDLE, INHERITED, LIVE, WORK, Inheritance, State, refusal
+from ._scope import Holder, ProcessHolder
 from ._session_files import SessionFiles
 from ._session_props import SessionProperties
 from ._session_user import SessionUser
@@ -41,19 +43,9 @@ _NOT_PUBLIC = (
 )
 
 
-class _Current:
-    """Where ``Session.instance()`` finds the process's session: one plain object, read with one
-    attribute lookup (it is called everywhere, often in loops), and the lock that serialises
-    making, replacing and closing it, and every use of an idle one's connection."""
-
-    __slots__ = ("lock", "session")
-
-    def __init__(self) -> None:
-        self.session: Session | None = None
-        self.lock = threading.RLock()
-
-
-_current = _Current()  # the process's session (in "process" scope, the only scope there is)
+_current: Holder = ProcessHolder()  # where Session.instance() finds the session (see ``_scope``)
+_scope_lock = threading.Lock()
+_INHERITED: list[object] = []  # a parent's thread-scope holder, in a forked child: never touched
 
 
 class _Binding:
@@ -67,6 +59,8 @@ class _Binding:
     _held: threading.RLock
 
     def __enter__(self) -> Session | None:
+        if Session._scope is None:
+            Session.scope()  # chosen by the settings, once, before the first session
         _fork.owned()
         current = _current
         self._held = current.lock
@@ -91,13 +85,14 @@ class Session(SessionUser, SessionProperties, SessionFiles):
 
     _inherited: ClassVar[Inheritance | None] = None  # the parent's session, in a forked child
     _binding: ClassVar[type[_Binding]] = _Binding
+    _scope: ClassVar[str | None] = None  # None until chosen (then the settings choose, at the first login)
 
     _state: State
     _backend: AuthBackend[Any]
     _login: Login[Any] | None
     _work: UnitOfWork
     _tempfiles: TempFiles | None
-    _lock: threading.RLock  # the lock of the holder it is the session of (``_Current.lock``)
+    _lock: threading.RLock  # the lock of the holder it is the session of (``_scope`` holders)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Session:
         raise SessionError(_NOT_PUBLIC)
@@ -109,13 +104,44 @@ class Session(SessionUser, SessionProperties, SessionFiles):
         self._work, self._tempfiles = UnitOfWork(), None
         self._lock = _current.lock
         _fork.register(self)
+        _scope.sessions.add(self)
         return self
+
+    # -- the scope -------------------------------------------------------------------------------
+
+    @classmethod
+    def set_scope(cls, scope: str) -> None:
+        """Choose at start-up between one session per process (``"process"``, the default) and
+        one per thread (``"thread"``: each thread logs in on its own, on a connection borrowed
+        from a bounded pool). Refused once a session exists: set it before the first login.
+        ``OME_SESSION_SCOPE`` or the settings file's ``"scope"`` choose it too, at the first login.
+        """
+        with _scope_lock:
+            if scope != cls._scope:
+                _scope.check_change(scope)
+                _use(scope)
+
+    @classmethod
+    def scope(cls) -> str:
+        """``"process"`` or ``"thread"``: as set, else as the environment or settings file say."""
+        scope = cls._scope
+        if scope is None:
+            from ._settings import configured_scope
+
+            chosen = configured_scope() or "process"
+            with _scope_lock:
+                if cls._scope is None:
+                    _use(chosen)
+                scope = cls._scope
+        assert scope is not None
+        return scope
 
     # -- the singleton ---------------------------------------------------------------------------
 
     @staticmethod
     def instance() -> Session:
-        """This process's session; ``NoSessionError`` (naming the caller) when there is none."""
+        """This process's session (in thread scope, this thread's); ``NoSessionError`` (naming the
+        caller) when there is none."""
         session = _current.session
         if session is not None:
             return session
@@ -144,7 +170,7 @@ class Session(SessionUser, SessionProperties, SessionFiles):
             settings = resolve_dsn(dsn)
             session = cls._make(registered("local").make(dsn=settings.dsn, **settings.connection_options()))
             session._begin(session._backend, None)
-            _current.session = session
+            _current.set(session)
             return session
 
     @classmethod
@@ -169,7 +195,7 @@ class Session(SessionUser, SessionProperties, SessionFiles):
             if session is None:
                 return
             session._work.check_owner("delete the session", state_open=False, take_over=True)
-            current.session = None
+            current.set(None)
             if not force:
                 warnings.warn("deleting the process's session (pass force=True to silence this)", stacklevel=2)
             session._work.run_deferred()
@@ -184,7 +210,7 @@ class Session(SessionUser, SessionProperties, SessionFiles):
             if session is None:
                 return
             session._work.check_owner("forget the session", state_open=False, take_over=True)
-            current.session = None
+            current.set(None)
             session._forget()
 
     # -- the guard -------------------------------------------------------------------------------
@@ -246,7 +272,7 @@ class Session(SessionUser, SessionProperties, SessionFiles):
                 current._hand_on()
             session = cls._make(backend)
         session._begin(backend, login)
-        _current.session = session
+        _current.set(session)
         session._reap_once()
         return session
 
@@ -323,7 +349,7 @@ class Session(SessionUser, SessionProperties, SessionFiles):
             if self._login is not None:
                 self._backend.logout(self._login)
             if _current.session is self:
-                _current.session = None
+                _current.set(None)
             self._work.run_deferred()
             self._close()
 
@@ -350,7 +376,7 @@ class Session(SessionUser, SessionProperties, SessionFiles):
                     "rollback_transaction() before finish_bootstrap()"
                 )
             if _current.session is self:
-                _current.session = None
+                _current.set(None)
             self._close()
 
     # -- what the session holds ------------------------------------------------------------------
@@ -447,16 +473,28 @@ def inherited() -> Inheritance | None:
 def _forget_in_child() -> None:
     """The fork protocol's reset of the singleton: the child has no session, only what it takes to
     log in again. A fresh holder and lock: a thread of the parent may have held the old one."""
-    global _current  # the holder is replaced whole: a parent's thread may hold its lock
-    session, _current = _current.session, _Current()
+    global _current, _scope_lock  # noqa: PLW0603  (replaced whole: a parent's thread may hold their locks)
+    _scope_lock = threading.Lock()
+    old = _current
+    session, _current = old.session, _scope.holder(Session._scope)
+    if isinstance(old, _scope.ThreadHolder):
+        _INHERITED.append(old)  # the other threads' sessions went with the parent's threads
     if session is not None:
         Session._inherited = session._inheritance()
+
+
+def _use(scope: str) -> None:
+    """Switch the holder (under ``_scope_lock``, with no session alive)."""
+    global _current  # noqa: PLW0603  (one holder per scope)
+    Session._scope = scope
+    _current = _scope.holder(scope)
 
 
 def _close_at_exit() -> None:
     """Interpreter exit: the owning process rolls back and closes; a child touches nothing."""
     _fork.owned()  # a fork the hook missed: the parent's session is let go of first
-    session, _current.session = _current.session, None
+    session = _current.session
+    _current.set(None)
     if session is not None:
         try:
             session._work.check_owner("close the session at exit", state_open=False, take_over=True)

@@ -9,9 +9,10 @@ Whatever the app does, the session is idled when the request ends: after the res
 sent and closed (also when a streamed body is closed early), and when the app raises. So no
 transaction, cache or temporary file of one request survives into the next one, whoever sends it.
 
-There is one session per process, so the requests of one process are served one at a time: with
-threaded workers (gunicorn ``--threads``) they wait for each other. Use sync workers and scale
-with ``--workers``.
+In process scope (the default) there is one session per process, so the requests of one process
+are served one at a time: with threaded workers (gunicorn ``--threads``) they wait for each other.
+In thread scope (``Session.set_scope("thread")``) each request runs on its own thread's session,
+with a connection borrowed from the process's pool, and the requests of a process run in parallel.
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP token (cookie an
 _PLAUSIBLE_KEY = re.compile(r"[\x21-\x7e]{1,128}")
 _COOKIE_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+")  # RFC 6265 cookie-octet
 
-# One session per process, so one request at a time per process. Module level because every
-# middleware instance in the process shares that one session; replaced in a forked child.
+# In process scope, one session per process, so one request at a time per process. Module level
+# because every middleware instance in the process shares that one session; replaced in a forked
+# child. Thread scope takes no lock: each thread has a session of its own.
 _request_lock = threading.Lock()
 
 
@@ -89,8 +91,9 @@ class SessionMiddleware:
         environ[ENVIRON_COOKIE_NAME] = self.cookie_name
         if self.secure is not None:
             environ[ENVIRON_SECURE_COOKIE] = self.secure
-        lock = _request_lock
-        lock.acquire()
+        lock = _request_lock if Session.scope() == "process" else None
+        if lock is not None:
+            lock.acquire()
         done = _Finish(lock)
         try:
             refused = self._resume(environ, start_response)
@@ -144,8 +147,8 @@ class SessionMiddleware:
 class _Finish:
     """Ends one request exactly once: idle the session, then let the next request in."""
 
-    def __init__(self, lock: threading.Lock) -> None:
-        self._lock = lock  # the one acquired, even if a fork replaced the module's since
+    def __init__(self, lock: threading.Lock | None) -> None:
+        self._lock = lock  # the one acquired (if any), even if a fork replaced the module's since
         self._done = False
 
     def __call__(self) -> None:
@@ -163,7 +166,8 @@ class _Finish:
             except Exception:
                 log.exception("closing the session after a failed idle() failed too")
         finally:
-            self._lock.release()
+            if self._lock is not None:
+                self._lock.release()
 
 
 class _IdleOnClose:

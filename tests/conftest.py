@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from ome_session import Configuration, Session, _migrations, admin
+from ome_session import Configuration, Session, _migrations, _pool, admin
 from ome_session._cluster import Cluster
 from tests.helpers import (
     REQUIRE_VARIABLE,
@@ -120,7 +120,8 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
     """Nothing of the developer's own setup leaks in, and no session leaks out."""
     for name in ("OME_SESSION_DSN", "OME_SESSION_PASSWORD", "OME_SESSION_ADMIN_PASSWORD", "OME_SESSION_NEW_PASSWORD",
                  "OMERO_SESSIONDIR", "OMERO_SESSION_DIR", "OMERO_PASSWORD", "OME_SESSION_BACKEND",
-                 "OME_SESSION_OMERO_ARGS", "OME_SESSION_PREPARE_THRESHOLD"):
+                 "OME_SESSION_OMERO_ARGS", "OME_SESSION_PREPARE_THRESHOLD", "OME_SESSION_SCOPE",
+                 "OME_SESSION_POOL_SIZE", "OME_SESSION_POOL_TIMEOUT"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OME_SESSION_CONFIG", str(tmp_path / "config" / "settings.json"))
     monkeypatch.setenv("OME_SESSIONDIR", str(tmp_path / "sessions"))
@@ -131,6 +132,10 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
         Session.delete_instance(force=True)
     Session._inherited = None
     Configuration.flush()
+    # The next test chooses its scope afresh (a thread scope test closes its threads' sessions).
+    Session.set_scope("process")
+    Session._scope = None
+    _pool.close_pools()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from psycopg import sql
 
 from ... import _keys, _ldap, _passwords, _permissions
 from ..._connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREPARE_THRESHOLD
+from ..._pool import DEFAULT_POOL_TIMEOUT
 from ..._principal import Principal
 from ...errors import AuthenticationError, PermissionDenied, SessionError, SessionKeyError
 from ...factory import Factory
@@ -47,16 +48,19 @@ class LocalBackend(AuthBackend[LocalHandle]):
     name = "local"
 
     def __init__(self, dsn: str, *, connect_timeout: int = DEFAULT_CONNECT_TIMEOUT,
-                 prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD) -> None:
-        self._factory = Factory(dsn, connect_timeout=connect_timeout, prepare_threshold=prepare_threshold)
+                 prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD, pool_size: int | None = None,
+                 pool_timeout: float = DEFAULT_POOL_TIMEOUT) -> None:
+        self._factory = Factory(dsn, connect_timeout=connect_timeout, prepare_threshold=prepare_threshold,
+                                pool_size=pool_size, pool_timeout=pool_timeout)
         self._db = self._factory._connection
+        self._pool = {"pool_size": pool_size, "pool_timeout": pool_timeout} if pool_size is not None else {}
 
     # -- where it is -----------------------------------------------------------------------------
 
     @property
     def options(self) -> dict[str, Any]:
         return {"dsn": self._db.dsn, "connect_timeout": self._db.connect_timeout,
-                "prepare_threshold": self._db.prepare_threshold}
+                "prepare_threshold": self._db.prepare_threshold, **self._pool}
 
     def serves(self, options: dict[str, Any]) -> bool:
         return options.get("dsn") == self._db.dsn
