@@ -23,7 +23,7 @@ from types import FrameType
 
 from ome_session import Session
 
-from . import _data, imports, instance, omero, prefork, resume, scale, tempfiles, transactions
+from . import _data, imports, instance, omero, prefork, resume, scale, tempfiles, threads, transactions
 from ._context import Context
 from ._report import write
 from ._results import Results
@@ -36,6 +36,7 @@ MEASUREMENTS: dict[str, Callable[[Context], None]] = {
     "tempfiles": tempfiles.run,
     "scale": scale.run,
     "prefork": prefork.run,
+    "threads": threads.run,
     "imports": imports.run,
     "omero": omero.run,
 }

@@ -121,14 +121,16 @@ def _loadgen_choice(ctx: Context) -> str:
 
 @contextmanager
 def _gunicorn(ctx: Context, app: str, key: str, dsn: str, *, tag: str = "",
-              env: dict[str, str] | None = None) -> Iterator[int]:
-    """A gunicorn master with 2 sync workers serving ``app``; stopped (by its pid) on exit."""
+              env: dict[str, str] | None = None, workers: tuple[str, ...] = ("--worker-class", "sync"),
+              ) -> Iterator[int]:
+    """A gunicorn master with 2 workers (sync unless ``workers`` says) serving ``app``; stopped
+    (by its pid) on exit."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(_PROJECT), "OME_SESSION_DSN": dsn, "BENCH_BARE_DSN": dsn,
            **(env or {})}
     log = (ctx.root / f"gunicorn-{port}{tag}.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--workers", "2", "--worker-class", "sync", "--preload",
+        [sys.executable, "-m", "gunicorn", "--workers", "2", *workers, "--preload",
          "--bind", f"127.0.0.1:{port}", "--log-level", "warning", "--backlog", "256", app],
         env=env, cwd=str(ctx.root), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
