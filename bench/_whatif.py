@@ -70,9 +70,9 @@ JOIN experimenters e ON e.id = s.experimenter_id {cfg_join}
 
 def params(keys: list[str]) -> list[dict[str, Any]]:
     """The parameters the library's resume passes, for each key."""
-    from ome_session.backends.local import _backend
+    from ome_session.backends.local import _backend, _sql
 
-    defaults: dict[str, Any] = _backend._config_defaults()
+    defaults: dict[str, Any] = _sql.config_defaults()
     defaults["touch_every"] = _backend._RESUME_TOUCH_EVERY  # the library slides last_access at most this often
     return [{"digest": _keys.digest(k), **defaults} for k in keys]
 
