@@ -77,6 +77,20 @@ SUPER_USER_SQL = f"""(SELECT e.id FROM configuration c JOIN experimenters e
 SUPER_ID: Fragment = (sql.SQL(SUPER_USER_SQL), [])
 
 
+def readable_groups(user: Fragment) -> Fragment:
+    """SQL: the ids of the groups whose rows ``user`` may read, as the tables hold them now: his
+    memberships, his default group, and the groups he leads. Index lookups only (the primary key
+    of memberships, of experimenters, the leader index of groups), whatever the statistics."""
+    return fmt("(SELECT m.group_id FROM experimenter_group_map m WHERE m.experimenter_id = {}"
+               " UNION ALL SELECT x.group_id FROM experimenters x WHERE x.id = {}"
+               " UNION ALL SELECT g.id FROM groups g WHERE g.leader_id = {})", user, user, user)
+
+
+def led_groups(leader: Fragment) -> Fragment:
+    """SQL: the ids of the groups ``leader`` leads now."""
+    return fmt("(SELECT g.id FROM groups g WHERE g.leader_id = {})", leader)
+
+
 def not_admin(user: Fragment) -> Fragment:
     return fmt("NOT EXISTS (SELECT 1 FROM experimenters x WHERE x.id = {} AND x.is_admin)", user)
 

@@ -31,9 +31,11 @@ from ._conditions import (
     fmt,
     ids,
     join,
+    led_groups,
     member_of,
     not_admin,
     param,
+    readable_groups,
     sudo_condition,
 )
 from ._principal import TRUSTED, Acl, Principal
@@ -161,11 +163,13 @@ def visible(cls: type[DBObject], alias: str, acl: Acl | None) -> Fragment | None
     me = param(acl.user)
     if kind == OWNED:
         owner, group = (cls.__references__[name].column or "" for name in ("owner", "group"))
-        return fmt("({} = ANY({}) OR {} = ANY({}))", sql.Identifier(alias, owner), ids(acl.users),
-                    sql.Identifier(alias, group), ids(acl.groups))
+        in_groups = _in_readable_groups(sql.Identifier(alias, group), acl)
+        if acl.confined_by is not None:
+            return in_groups
+        return fmt("({} = {} OR {})", sql.Identifier(alias, owner), me, in_groups)
     if kind == MEMBERSHIP:
-        return fmt("({} = {} OR {} = ANY({}))", sql.Identifier(alias, "experimenter_id"), me,
-                    sql.Identifier(alias, "group_id"), ids(acl.groups))
+        return fmt("({} = {} OR {})", sql.Identifier(alias, "experimenter_id"), me,
+                    _in_readable_groups(sql.Identifier(alias, "group_id"), acl))
     if kind == USER_STATE:
         return fmt("{} = {}", sql.Identifier(alias, "experimenter_id"), me)
     if kind == LINK:
@@ -176,6 +180,14 @@ def visible(cls: type[DBObject], alias: str, acl: Acl | None) -> Fragment | None
     if kind == FOREIGN:
         return sql.SQL("FALSE"), []
     return None
+
+
+def _in_readable_groups(group: sql.Composable, acl: Acl) -> Fragment:
+    """``group`` is one whose rows the session may read (joined by the server, never shipped)."""
+    found = fmt("{} IN {}", group, readable_groups(param(acl.user)))
+    if acl.confined_by is None:
+        return found
+    return fmt("({} AND {} IN {})", found, group, led_groups(param(acl.confined_by)))
 
 
 def _end_visible(ref: Reference, value: sql.Composable | Fragment, alias: str, acl: Acl | None) -> Fragment | None:

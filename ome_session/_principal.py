@@ -11,12 +11,20 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Acl:
-    """What the session may read of owned classes: rows owned by one of ``users`` or in one of
-    ``groups``. ``user`` is the session's user (his memberships and user state)."""
+    """What the session may read of owned classes: the rows ``user`` owns, and the rows in the
+    groups he belongs to or leads; for a session a group leader opened as a member, only rows in
+    the groups ``confined_by`` (that leader) leads, owned or not.
 
-    users: frozenset[int]
-    groups: frozenset[int]
-    user: int | None = None
+    The server joins the membership and leadership tables as they are when a statement runs
+    (``_conditions.readable_groups``): no request carries the ids, and a removed membership counts
+    at once. ``users`` and ``groups`` say what the login saw, for people to read; reads do not use
+    them.
+    """
+
+    user: int
+    confined_by: int | None = None
+    users: frozenset[int] = frozenset()
+    groups: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,7 @@ class Principal:
     groups: frozenset[int] = frozenset()  # member of: memberships and the default group
     led: frozenset[int] = frozenset()  # groups he leads
     confined_to: frozenset[int] | None = None  # a leader acting as a member: only these groups
+    confined_by: int | None = None  # that leader
 
     @property
     def trusted(self) -> bool:
@@ -74,8 +83,10 @@ class Principal:
         """The read ACL; None (everything) for trusted code, admins and the super user."""
         if self.trusted or self.admin:
             return None
+        assert self.user_id is not None
         users = frozenset() if self.confined_to is not None else frozenset({self.user_id})
-        return Acl(users=users, groups=self.writable_groups, user=self.user_id)  # type: ignore[arg-type]
+        confined_by = self.confined_by if self.confined_to is not None else None
+        return Acl(self.user_id, confined_by, users, self.writable_groups)
 
     def default_group(self, group_id: int | None) -> int | None:
         """The group new objects go to: the default group, unless a confined session may not."""

@@ -290,6 +290,7 @@ class LocalBackend(AuthBackend[LocalHandle]):
             user_id=user_id, name=name, is_super=is_super, is_admin=is_admin, is_guest=is_guest,
             groups=frozenset(member_of), led=frozenset(leads),
             confined_to=None if confined_to is None else frozenset(confined_to),
+            confined_by=None if confined_to is None else sudo_by,
         )
         # The session's own group while the user may still use it, else his default group.
         group_id = session_group if principal.may_use_group(session_group) else default_group
