@@ -33,6 +33,7 @@ import platformdirs
 from . import _safefs, _service_account
 from ._connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREPARE_THRESHOLD
 from ._pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT
+from ._resume_cache import DEFAULT_SIZE as DEFAULT_RESUME_CACHE
 from .backends import NAMES, REGISTRY
 from .errors import ConfigurationError
 
@@ -58,6 +59,11 @@ class Settings:
     service_user: str | None = None  # the account that may read the settings file too
     pool_size: int = DEFAULT_POOL_SIZE  # thread scope: connections per database per process
     pool_timeout: float = DEFAULT_POOL_TIMEOUT  # thread scope: seconds to wait for one
+    # How many resumed sessions the process keeps in memory (0: none, every resume asks the
+    # database), and where it listens for the news that invalidate them (None: on the session's
+    # own connection; behind a pooler, the database server itself).
+    resume_cache: int = DEFAULT_RESUME_CACHE
+    listen_dsn: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -67,7 +73,24 @@ class Settings:
         return dict(options) if isinstance(options, dict) else {}
 
     def connection_options(self) -> dict[str, Any]:
-        return {"connect_timeout": self.connect_timeout, "prepare_threshold": self.prepare_threshold}
+        return {"connect_timeout": self.connect_timeout, "prepare_threshold": self.prepare_threshold,
+                "resume_cache": self.resume_cache, "listen_dsn": self.listen_dsn}
+
+    def set_cache_options(self, values: dict[str, Any], where: str) -> None:
+        """``resume_cache`` and ``listen_dsn`` from ``values``, checked; ConfigurationError naming
+        ``where`` they came from."""
+        if "resume_cache" in values:
+            size = values["resume_cache"]
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise ConfigurationError(f"{where}: resume_cache is how many sessions to keep in memory, "
+                                         f"an integer >= 0 (0 switches the cache off), not {size!r}")
+            self.resume_cache = size
+        if "listen_dsn" in values:
+            dsn = values["listen_dsn"]
+            if dsn is not None and (not isinstance(dsn, str) or not dsn.strip()):
+                raise ConfigurationError(f"{where}: listen_dsn is the DSN of the database server itself "
+                                         f"(not a pooler), or null, not {dsn!r}")
+            self.listen_dsn = dsn
 
     def pool_options(self) -> dict[str, Any]:
         """What a thread scope's session borrows its connections with."""
@@ -78,6 +101,10 @@ class Settings:
                                 "prepare_threshold": self.prepare_threshold, **self.extra}
         if self.service_user:
             data["service_user"] = self.service_user
+        if self.resume_cache != DEFAULT_RESUME_CACHE:
+            data["resume_cache"] = self.resume_cache
+        if self.listen_dsn is not None:
+            data["listen_dsn"] = self.listen_dsn
         if self.embedded_datadir:
             data["embedded"] = {"datadir": self.embedded_datadir, "dbname": EMBEDDED_DBNAME}
         elif self.dsn:
@@ -188,7 +215,7 @@ def _from_file(path: Path) -> Settings:
     if prepare is not None and not isinstance(prepare, int):
         raise ConfigurationError(f"{path}: prepare_threshold must be an integer or null")
     known = ("dsn", "embedded", "connect_timeout", "prepare_threshold", "backend", "service_user", "scope",
-             "pool_size", "pool_timeout")
+             "pool_size", "pool_timeout", "resume_cache", "listen_dsn")
     extra = {k: v for k, v in data.items() if k not in known}
     backend = str(data.get("backend", "local"))
     service = data.get("service_user")
@@ -218,6 +245,10 @@ def _from_file(path: Path) -> Settings:
         settings.pool_size = _positive(data["pool_size"], int, f"{path}: pool_size")
     if "pool_timeout" in data:
         settings.pool_timeout = _positive(data["pool_timeout"], float, f"{path}: pool_timeout")
+    settings.set_cache_options(data, f"settings file {path}")
+    if settings.listen_dsn and _has_password(settings.listen_dsn) and _read_by_others(info, service):
+        raise ConfigurationError(f"settings file {path} holds a password (listen_dsn) and is readable by others: "
+                                 f"chmod 600 {path}")
     settings.extra = extra
     return settings
 

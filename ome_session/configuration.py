@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg.types.json import Jsonb
 
-from . import _fork, _permissions
+from . import _fork, _permissions, _resume_cache
 from ._conditions import active_admin
 from ._tempfiles import account_root, default_root
 from .dbobject import check_json, check_text
@@ -286,10 +286,12 @@ class Configuration:
 
     @classmethod
     def flush(cls) -> None:
-        """Forget every cached copy in this process; the next read of each goes to the database."""
+        """Forget every cached copy in this process, resumed sessions too; the next read of each
+        goes to the database."""
         with cls._preload_lock:
             cls._preloaded = None
             cls._generation += 1
+        _resume_cache.clear_all()
 
     def _end_of_transaction(self, committed: bool) -> None:
         """Values written in a transaction that rolled back must not stay cached."""

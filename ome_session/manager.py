@@ -30,7 +30,10 @@ class SessionManager:
     ``dsn`` follows the lookup described in the README (argument, ``OME_SESSION_DSN``, settings
     file, embedded cluster), and so does the backend: ``backend=`` if given, else the local one
     for a DSN, else the settings file's. ``prepare_threshold=None`` switches off server-side
-    prepared statements, for pgbouncer in transaction mode. A manager told nothing (no DSN, no
+    prepared statements, for pgbouncer in transaction mode. ``resume_cache=N`` keeps up to N resumed
+    sessions in memory (0: off); ``listen_dsn`` names the database server the process listens to for
+    the changes that invalidate them, where the session's connection cannot (behind pgbouncer). A
+    manager told nothing (no DSN, no
     backend, no options) logs in where the process's session already is, if there is one.
     """
 
@@ -52,6 +55,7 @@ class SessionManager:
             for name in ("connect_timeout", "prepare_threshold", "pool_size", "pool_timeout"):
                 if name in self._options:
                     setattr(settings, name, self._options[name])
+            settings.set_cache_options(self._options, "SessionManager()")
             if self._backend_name:
                 settings.backend = self._backend_name
             self._settings = settings

@@ -505,3 +505,95 @@ def on_terminal(args: list[str], answers: list[Answer], timeout: float = 120.0,
         os.close(fd)
         _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), shown.decode(errors="replace"), answered
+
+
+# -- a worker process that resumes sessions -----------------------------------------------------------
+
+_WORKER = r"""
+import json, select, sys
+from ome_session import Session, SessionManager
+from ome_session.errors import SessionError
+
+manager = SessionManager(sys.argv[1], **json.loads(sys.argv[2]))
+
+
+def cache():
+    return getattr(Session.instance().backend, "resume_cache", None) if Session.has_instance() else None
+
+
+def resume(key):
+    found = cache()
+    warm = found is not None and key in found
+    try:
+        session = manager.create_session(key=key)
+    except SessionError as exc:
+        return {"error": type(exc).__name__, "warm": warm}
+    try:
+        principal = session.factory.principal
+        projects = sorted(p.name for p in session.factory.find_objects("Project"))
+        return {"user": session.user_name, "admin": principal.admin, "super": principal.is_super,
+                "leads": sorted(principal.leads), "projects": projects, "warm": warm,
+                "pid": session.factory._connection.raw.info.backend_pid}
+    finally:
+        Session.idle()
+
+
+def pending():
+    found = cache()
+    source = found.listening if found is not None else None
+    if source is None:
+        return False
+    poller = select.poll()
+    poller.register(source.pgconn.socket, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+for line in sys.stdin:
+    command, *args = json.loads(line)
+    answer = {"resume": resume, "pending": pending,
+              "cached": lambda: len(cache() or ())}[command](*args)
+    print(json.dumps(answer), flush=True)
+"""
+
+
+class Worker:
+    """Another process, as a web worker is: it resumes keys (and reads what the user may see) when
+    asked, and is idle in between, so the database's news wait on its socket."""
+
+    def __init__(self, dsn: str, **options: Any) -> None:
+        import json
+
+        self._json = json
+        self.process = subprocess.Popen([sys.executable, "-c", _WORKER, dsn, json.dumps(options)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        env=command_env())
+
+    def ask(self, *command: Any) -> Any:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(self._json.dumps(command) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        assert line, f"the worker died (exit code {self.process.wait(timeout=30)})"
+        return self._json.loads(line)
+
+    def resume(self, key: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self.ask("resume", key)
+        return answer
+
+    def warm(self, key: str) -> dict[str, Any]:
+        """Resume ``key`` until it comes from memory; what the warm resume saw."""
+        self.resume(key)
+        answer = self.resume(key)
+        assert answer.get("warm"), answer
+        return answer
+
+    def wait_for_news(self) -> None:
+        """Until a message from the database waits on the worker's listening socket."""
+        wait_for("the change notification to reach the worker", lambda: self.ask("pending"))
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(timeout=30)
+        if self.process.stdout is not None:
+            self.process.stdout.close()

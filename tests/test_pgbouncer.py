@@ -40,8 +40,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ome_session import Session, SessionManager
 from ome_session._cluster import Cluster
-from ome_session.errors import AuthenticationError, DatabaseError
-from tests.helpers import People, backend_pid, login, missing, query
+from ome_session.errors import AuthenticationError, DatabaseError, SessionKeyError
+from tests.helpers import People, backend_pid, login, missing, query, wait_for
 
 _PGBOUNCER = shutil.which("pgbouncer") or next(
     (path for path in ("/usr/sbin/pgbouncer",) if os.access(path, os.X_OK)), None)
@@ -479,3 +479,31 @@ def test_default_prepare_threshold_works_with_pgbouncers_prepared_statement_supp
     session = run(pgb, SessionManager(pgb.dsn))
 
     assert session.user_name == "alice" and not session.is_idle()
+
+
+# -- the resume cache ------------------------------------------------------------------------------
+
+def _news_waiting(conn: psycopg.Connection[Any]) -> bool:
+    return bool(select.select([conn.pgconn.socket], [], [], 0)[0])
+
+
+@pytest.mark.parametrize("listener", [False, True], ids=["no listener: off", "a listener: on"])
+def test_the_resume_cache_behind_pgbouncer_is_on_only_with_a_listener_and_right_either_way(
+        people: People, bouncer: StartBouncer, listener: bool) -> None:
+    pgb = bouncer(pool_size=2)
+    # LISTEN through a transaction pool would be the state of a server connection others get next:
+    # the cache must not trust it. A listener on the server itself is what makes it safe.
+    manager = SessionManager(pgb.dsn, prepare_threshold=None, listen_dsn=people.dsn if listener else None)
+    key = login(manager).session_key
+    Session.idle()
+    with _holding(pgb.dsn, 1):  # another client, so the server connections really are shared
+        for _ in range(3):
+            assert manager.create_session(key=key).user_name == "alice"
+            Session.idle()
+    cache = Session.instance().backend.resume_cache  # type: ignore[attr-defined]
+    assert (key in cache) is listener
+    query(people.dsn, "UPDATE ome_sessions SET closed_at = now()")
+    if listener:
+        wait_for("the listener to hear of it", lambda: _news_waiting(cache.listening))
+    with pytest.raises(SessionKeyError):
+        manager.create_session(key=key)

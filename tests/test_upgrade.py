@@ -65,6 +65,13 @@ def test_upgrade_keeps_the_data_and_the_live_keys(first_schema: str) -> None:
         assert [row[width:] for row in after[table]] == added
     assert query(first_schema, "SELECT convalidated FROM pg_constraint "
                                "WHERE conname = 'configuration_deciding_values_valid'") == [(True,)]
+    with psycopg.connect(first_schema, autocommit=True) as listener:  # the old rows announce changes
+        listener.execute("LISTEN ome_session")
+        query(first_schema, "UPDATE experimenter_group_map SET group_id = group_id WHERE experimenter_id = 2")
+        query(first_schema, "UPDATE ome_sessions SET closed_at = now() WHERE experimenter_id = 1")  # none of 1's
+        query(first_schema, "SELECT pg_notify('ome_session', 'end')")
+        heard = [n.payload for n in listener.notifies(timeout=60, stop_after=2)]
+    assert heard == ["u:2", "end"]
     manager = SessionManager(first_schema)
     assert manager.create_session(key=key).user_name == "alice"
     assert [p.name for p in Session.instance().factory.find_objects("Project")] == ["kept"]

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import logging
+import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from psycopg import sql
 
 from ... import _keys, _ldap, _passwords, _permissions
-from ..._connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREPARE_THRESHOLD
+from ..._connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREPARE_THRESHOLD, Connection
 from ..._pool import DEFAULT_POOL_TIMEOUT
 from ..._principal import Principal
-from ...errors import AuthenticationError, PermissionDenied, SessionError, SessionKeyError
+from ..._resume_cache import DEFAULT_SIZE, Entry, ResumeCache
+from ...errors import AuthenticationError, DatabaseUnavailable, PermissionDenied, SessionError, SessionKeyError
 from ...factory import Factory
 from .. import BAD_LOGIN, AuthBackend, GroupInfo, Login, idle_seconds, plausible, session_message
 from . import _sql
@@ -43,24 +46,44 @@ class LocalBackend(AuthBackend[LocalHandle]):
 
     The backend owns the session's Factory (one connection): every statement of a login or a
     resume runs on it in autocommit mode when no transaction is open, so it commits by itself.
+
+    A key resumed once is kept in a resume cache (``_resume_cache``) of ``resume_cache`` sessions
+    (0: off, every resume asks the database); its news come on the session's own connection, or on
+    a connection of its own to ``listen_dsn`` (needed behind a pooler such as pgbouncer, where the
+    session's connection cannot listen: without it the cache stays off there).
     """
 
     name = "local"
 
     def __init__(self, dsn: str, *, connect_timeout: int = DEFAULT_CONNECT_TIMEOUT,
                  prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD, pool_size: int | None = None,
-                 pool_timeout: float = DEFAULT_POOL_TIMEOUT) -> None:
+                 pool_timeout: float = DEFAULT_POOL_TIMEOUT, resume_cache: int = DEFAULT_SIZE,
+                 listen_dsn: str | None = None) -> None:
         self._factory = Factory(dsn, connect_timeout=connect_timeout, prepare_threshold=prepare_threshold,
                                 pool_size=pool_size, pool_timeout=pool_timeout)
         self._db = self._factory._connection
         self._pool = {"pool_size": pool_size, "pool_timeout": pool_timeout} if pool_size is not None else {}
+        self._cache = ResumeCache(resume_cache) if resume_cache else None
+        self._listen_dsn = listen_dsn or None
+        self._listener: Connection | None = None  # the connection to listen_dsn, opened at the first resume
+        self._refused: Any = None  # the connection found unable to listen (behind a pooler)
+        self._touch_due: Entry | None = None  # a warm resume's last_access, written at idle()
+        if self._cache is not None and self._listen_dsn is None:
+            self._db.on_replaced(self._cache.forget_source)
 
     # -- where it is -----------------------------------------------------------------------------
 
     @property
     def options(self) -> dict[str, Any]:
         return {"dsn": self._db.dsn, "connect_timeout": self._db.connect_timeout,
-                "prepare_threshold": self._db.prepare_threshold, **self._pool}
+                "prepare_threshold": self._db.prepare_threshold, **self._pool,
+                "resume_cache": self._cache.size if self._cache is not None else 0,
+                "listen_dsn": self._listen_dsn}
+
+    @property
+    def resume_cache(self) -> ResumeCache | None:
+        """The sessions this backend resumes from memory (None: the cache is off)."""
+        return self._cache
 
     def serves(self, options: dict[str, Any]) -> bool:
         return options.get("dsn") == self._db.dsn
@@ -83,11 +106,16 @@ class LocalBackend(AuthBackend[LocalHandle]):
 
     def idle(self) -> None:
         self._factory._end()
+        due, self._touch_due = self._touch_due, None
+        if due is not None:
+            self._write_behind(due)
 
     def close(self) -> None:
+        self._stop_listening(close=True)
         self._factory.close()
 
     def forget(self) -> None:
+        self._stop_listening(close=False)
         self._factory.forget()
 
     # -- verbs -----------------------------------------------------------------------------------
@@ -124,13 +152,69 @@ class LocalBackend(AuthBackend[LocalHandle]):
 
     def resume(self, key: str) -> Login[LocalHandle]:
         key = self.validate_key(key)
+        cache = self._cache
+        if cache is not None:
+            entry = cache.get(key)  # drains the news first
+            if entry is not None and (self._listener is None or self._db.usable):
+                if _monotonic() - entry.written >= entry.touch_every:
+                    self._touch_due = entry
+                return entry.login  # type: ignore[no-any-return]
         params = {"digest": _keys.digest(key), "touch_every": _RESUME_TOUCH_EVERY, **_sql.config_defaults()}
         self._db.revive()  # a connection the server dropped while idle (a restart) is replaced
+        generation = self._listening() if cache is not None else None
         with self._db.errors(), self._db.autocommit() as conn:
             row = conn.execute(_sql.RESUME, params).fetchone()
         if row is None:
             raise SessionKeyError(_BAD_KEY)
-        return self._login_from_row(key, row)
+        login = self._login_from_row(key, row)
+        if cache is not None and generation is not None:
+            cache.put(key, _entry(login, row), generation)
+        return login
+
+    # -- the resume cache ------------------------------------------------------------------------
+
+    def _listening(self) -> int | None:
+        """Make sure the cache's source listens before the resume statement reads (so no change
+        committed after the read can go unannounced); the cache's generation, or None when the
+        cache cannot be trusted with what this resume reads."""
+        cache = self._cache
+        assert cache is not None
+        holder = self._db if self._listener is None and self._listen_dsn is None else self._listener_connection()
+        if holder.in_transaction:
+            return None  # LISTEN would count only at commit
+        conn = holder.raw
+        if cache.listening is not conn and conn is not self._refused:
+            with holder.errors(), holder.autocommit() as autocommit:
+                if not cache.listen(autocommit):
+                    self._refused = conn
+        return cache.generation if cache.listening is conn else None
+
+    def _listener_connection(self) -> Connection:
+        if self._listener is None:
+            assert self._listen_dsn is not None and self._cache is not None
+            self._listener = Connection(self._listen_dsn, connect_timeout=self._db.connect_timeout,
+                                        prepare_threshold=None)
+            self._listener.on_replaced(self._cache.forget_source)
+        return self._listener
+
+    def _stop_listening(self, *, close: bool) -> None:
+        if self._cache is not None:
+            self._cache.forget_source()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close() if close else listener.discard()
+
+    def _write_behind(self, entry: Entry) -> None:
+        """Slide last_access of a session resumed from memory, at idle (after the response), at
+        most once per ``touch_every``; a row found dead is closed and forgotten."""
+        try:
+            self.touch(entry.login)
+            entry.written = _monotonic()
+        except SessionKeyError:
+            if self._cache is not None:
+                self._cache.drop(entry.login.key)
+        except DatabaseUnavailable as exc:
+            log.info("could not write last_access behind: %s", exc)
 
     def touch(self, login: Login[LocalHandle]) -> Login[LocalHandle]:
         params = {"session_id": login.handle.session_id, "touch_every": 0, **_sql.config_defaults()}
@@ -144,6 +228,8 @@ class LocalBackend(AuthBackend[LocalHandle]):
     def logout(self, login: Login[LocalHandle]) -> None:
         # Logging out ends the unit of work: the revocation commits by itself, and a rollback
         # of the caller's work afterwards cannot undo it.
+        if self._cache is not None:
+            self._cache.drop(login.key)
         self._db.rollback()
         self._db.revive()
         with self._db.errors(), self._db.autocommit() as conn:
@@ -285,7 +371,7 @@ class LocalBackend(AuthBackend[LocalHandle]):
 
     def _login_from_row(self, key: str, row: tuple[Any, ...]) -> Login[LocalHandle]:
         (session_id, user_id, name, default_group, session_group, idle_timeout, started, last_access, expires_at,
-         host, agent, message, sudo_by, is_admin, is_guest, is_super, member_of, leads, confined_to) = row
+         host, agent, message, sudo_by, is_admin, is_guest, is_super, member_of, leads, confined_to) = row[:_LOGIN_WIDTH]
         principal = Principal(
             user_id=user_id, name=name, is_super=is_super, is_admin=is_admin, is_guest=is_guest,
             groups=frozenset(member_of), led=frozenset(leads),
@@ -301,3 +387,20 @@ class LocalBackend(AuthBackend[LocalHandle]):
             is_admin=principal.admin, is_guest=is_guest, is_super=principal.admin and is_super,
             acl=principal.acl(), principal=principal,
         )
+
+
+_LOGIN_WIDTH = 19  # the columns of LOGIN_COLUMNS a Login is made of; then what the cache needs
+_monotonic = time.monotonic
+
+
+def _entry(login: Login[LocalHandle], row: tuple[Any, ...]) -> Entry:
+    """What the resume cache keeps of a resume: the Login, and its expiry on the local clock."""
+    idle = row[5]  # the session's idle timeout in effect (its own, or the configured one)
+    expires_in, unused_for = row[_LOGIN_WIDTH:_LOGIN_WIDTH + 2]
+    now = _monotonic()
+    idle = float(idle or 0)
+    touch_every = min(_RESUME_TOUCH_EVERY, idle / 10) if idle else _RESUME_TOUCH_EVERY
+    users = (login.experimenter_id,) if login.sudo_by is None else (login.experimenter_id, login.sudo_by)
+    return Entry(login=login, session_id=login.handle.session_id, users=users, idle=idle,
+                 expires=math.inf if expires_in is None else now + expires_in,
+                 written=now - max(unused_for or 0.0, 0.0), touch_every=touch_every)

@@ -92,7 +92,9 @@ LOGIN_COLUMNS = f"""
     ARRAY(SELECT g.id FROM groups g WHERE g.leader_id = e.id) AS leads,
     CASE WHEN s.sudo_by IS NOT NULL AND NOT EXISTS (
             SELECT 1 FROM experimenters a WHERE a.id = s.sudo_by AND {active_admin("a")})
-         THEN ARRAY(SELECT g.id FROM groups g WHERE g.leader_id = s.sudo_by) END AS confined_to
+         THEN ARRAY(SELECT g.id FROM groups g WHERE g.leader_id = s.sudo_by) END AS confined_to,
+    extract(epoch FROM s.expires_at - clock_timestamp())::float8 AS expires_in,
+    extract(epoch FROM clock_timestamp() - s.last_access)::float8 AS unused_for
 """
 
 FIND_USER = f"""
