@@ -164,9 +164,11 @@ class Connection:
     def in_transaction(self) -> bool:
         """A transaction is open (known locally: asking costs no round trip)."""
         conn = self._conn
-        if conn is None or conn.closed:
+        if conn is None:
             return False
-        return conn.info.transaction_status != pq.TransactionStatus.IDLE
+        # libpq's own status, as an int: asked several times per request, it must cost next to nothing
+        # (``conn.info.transaction_status`` builds an object and an enum each time).
+        return conn.pgconn.transaction_status not in _NOT_IN_TRANSACTION
 
     def rollback(self) -> None:
         """Roll back if a transaction is open; no round trip otherwise.
@@ -300,6 +302,7 @@ def _close_quietly(conn: psycopg.Connection[Any]) -> None:
 
 
 _ROLLBACK = "ROLLBACK"
+_NOT_IN_TRANSACTION = frozenset({pq.TransactionStatus.IDLE, pq.TransactionStatus.UNKNOWN})  # UNKNOWN: closed
 
 # Connections inherited through fork, parked so that no close path of any kind runs on them.
 _INHERITED: list[psycopg.Connection[Any]] = []

@@ -107,7 +107,8 @@ class Factory:
         self._rollback()
 
     def _rollback(self) -> None:
-        self._cache.clear()
+        if len(self._cache):  # clearing an empty WeakValueDictionary still costs an exception
+            self._cache.clear()
         self._db.rollback()
         if self._configuration is not None:
             self._configuration._end_of_transaction(committed=False)
