@@ -23,7 +23,7 @@ from types import FrameType
 
 from ome_session import Session
 
-from . import _data, imports, instance, omero, prefork, resume, scale, tempfiles, threads, transactions
+from . import _data, imports, instance, omero, prefork, propagation, resume, scale, tempfiles, threads, transactions
 from ._context import Context
 from ._report import write
 from ._results import Results
@@ -32,6 +32,7 @@ from ._server import BenchServer
 MEASUREMENTS: dict[str, Callable[[Context], None]] = {
     "instance": instance.run,
     "resume": resume.run,
+    "propagation": propagation.run,
     "transactions": transactions.run,
     "tempfiles": tempfiles.run,
     "scale": scale.run,
