@@ -107,8 +107,8 @@ def run(ctx: Context) -> None:
                 for name in ops:
                     note = ""
                     if name == STATEMENT:
-                        ours = Summary.of(samples[OURS]).p50 - Summary.of(samples[STATEMENT]).p50
-                        note = f"create_session + idle add {ours * 1e6:.0f} µs of Python to the statement (medians)"
+                        cold = Summary.of(samples[COLD]).p50 - Summary.of(samples[STATEMENT]).p50
+                        note = f"a cold create_session + idle adds {cold * 1e6:.0f} µs to the statement (medians)"
                     ctx.results.add(Row(section, name, "µs", Summary.of(samples[name]),
                                         baseline=None if name == BARE else BARE,
                                         statements=statements[name], note=note))

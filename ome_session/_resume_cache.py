@@ -17,6 +17,7 @@ back to the database, which decides. The cache is bounded (least recently used f
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import threading
@@ -102,6 +103,8 @@ class ResumeCache:
                         "server, so notifications cannot reach it; set listen_dsn to the server itself")
             _unlisten(conn)
             return False
+        with contextlib.suppress(ValueError):  # listening on it again: one handler is enough
+            conn.remove_notify_handler(self._notified)
         conn.add_notify_handler(self._notified)
         poller = select.poll()
         poller.register(conn.pgconn.socket, select.POLLIN)
@@ -141,7 +144,8 @@ class ResumeCache:
 
     def _notified(self, notify: psycopg.Notify) -> None:
         """A message psycopg read while a statement ran on the source."""
-        self._handle(notify.channel, notify.payload)
+        with self._lock:
+            self._handle(notify.channel, notify.payload)
 
     def _handle(self, channel: str, payload: str) -> None:
         """Drop what a message names; a message that cannot be read empties everything."""
