@@ -57,6 +57,7 @@ def test_install_twice_leaves_identical_data_and_prints_each_step(empty_dsn: str
         "applied schema migration 0002 (authorization)",
         "applied schema migration 0003 (session_group_and_timeout)",
         "applied schema migration 0004 (session_message)",
+        "applied schema migration 0005 (change_notifications)",
         "configuration: written",
         "admin: created root (id 1) in group system",
         "super user: root (id 1)",
