@@ -597,3 +597,13 @@ class Worker:
         self.process.wait(timeout=30)
         if self.process.stdout is not None:
             self.process.stdout.close()
+
+
+def wait_for_news(key: str) -> None:
+    """After a change to ``key``'s session made on another connection (plain SQL), until this
+    process has heard of it: the database's message has arrived and ``key`` is no longer held in
+    memory (its next resume asks the database). Nothing held: nothing to wait for."""
+    session = Session.instance() if Session.has_instance() else None
+    cache = getattr(session.backend, "resume_cache", None) if session is not None else None
+    if cache is not None:
+        wait_for(f"the change to {key[:4]}... to be heard of", lambda: cache.get(key) is None)

@@ -89,14 +89,20 @@ def test_guest_access_withdrawn(lab: People, worker: Worker) -> None:
 def test_idle_timeout_shortened(lab: People, worker: Worker) -> None:
     key = key_of(lab, "alice")
     worker.warm(key)
-    # Unused for ten minutes as far as the database knows (a change of last_access alone says nothing),
-    # then the timeout goes down to five.
-    query(lab.dsn, "UPDATE ome_sessions SET last_access = now() - interval '10 minutes'")
-    assert worker.resume(key)["warm"]
-    query(lab.dsn, "INSERT INTO configuration VALUES ('session_idle_timeout', '300')")
+    query(lab.dsn, "INSERT INTO configuration VALUES ('session_idle_timeout', '1')")
+    wait_for("the session to be unused longer than the new timeout", lambda: query(
+        lab.dsn, "SELECT last_access < now() - interval '1.5 seconds' FROM ome_sessions")[0][0])
     worker.wait_for_news()
     assert refused(worker.resume(key))
     assert query(lab.dsn, "SELECT closed_at IS NOT NULL FROM ome_sessions") == [(True,)]
+
+
+def test_session_made_older_by_plain_sql(lab: People, worker: Worker) -> None:
+    key = key_of(lab, "alice")
+    worker.warm(key)
+    query(lab.dsn, "UPDATE ome_sessions SET last_access = now() - interval '1 hour'")  # idle timeout: 30 min
+    worker.wait_for_news()
+    assert refused(worker.resume(key))
 
 
 def test_key_revoked_while_the_workers_connection_was_gone(lab: People, worker: Worker) -> None:
@@ -317,7 +323,7 @@ def test_the_triggers_fold_a_bulk_change_into_one_message(lab: People) -> None:
             conn.execute("UPDATE experimenters SET first_name = 'x' WHERE ome_name LIKE 'user%'")
             conn.execute("UPDATE experimenters SET email = 'a@b' WHERE ome_name = 'alice'")
             conn.execute("UPDATE experimenters SET email = 'a@b' WHERE ome_name = 'alice'")  # no change
-            conn.execute("UPDATE ome_sessions SET last_access = now()")  # none: written behind
+            conn.execute("UPDATE ome_sessions SET last_access = now()")  # none: a session used
         query(lab.dsn, "SELECT pg_notify('ome_session', 'end')")  # delivered after the above
         messages = []
         for notify in listener.notifies(timeout=60):

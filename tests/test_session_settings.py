@@ -13,7 +13,7 @@ import pytest
 from ome_session import Session, SessionManager
 from ome_session._maintenance import purge_sessions
 from ome_session.errors import PermissionDenied, SessionKeyError
-from tests.helpers import People, key_digest, login, query
+from tests.helpers import People, key_digest, login, query, wait_for_news
 
 
 def resume(people: People, key: str) -> Session:
@@ -30,6 +30,7 @@ def age(people: People, key: str, minutes: int) -> None:
     """As if the session had last been used ``minutes`` ago."""
     query(people.dsn, "UPDATE ome_sessions SET last_access = now() - %s * interval '1 minute' "
                       "WHERE key_digest = %s", minutes, key_digest(key))
+    wait_for_news(key)  # a process that resumed the key before hears of it before its next resume
 
 
 def configure(people: People, name: str, value: int) -> None:

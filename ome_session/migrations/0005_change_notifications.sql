@@ -20,16 +20,18 @@ BEGIN
 END
 $$;
 
--- Session rows: closed, expiry, owner, any column but last_access (which the resume writes behind,
--- and which alone never ends a session a process holds: idle expiry is also checked in memory),
--- and deleted rows. New rows are nobody's yet.
+-- Session rows: closed, expiry, owner, the session's own group and timeout, any column but a
+-- last_access moved forward (what using a session does: resumes write it behind, and a process
+-- checks idle expiry in memory too), a last_access moved back (a session made older), and deleted
+-- rows. New rows are nobody's yet.
 CREATE FUNCTION ome_session_sessions_changed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'UPDATE' THEN
         PERFORM ome_session_announce('s', (
             SELECT array_agg(DISTINCT o.id ORDER BY o.id) FROM old_rows o JOIN new_rows n ON n.id = o.id
-            WHERE to_jsonb(n) - 'last_access' IS DISTINCT FROM to_jsonb(o) - 'last_access'));
+            WHERE to_jsonb(n) - 'last_access' IS DISTINCT FROM to_jsonb(o) - 'last_access'
+               OR n.last_access < o.last_access));
     ELSE
         PERFORM ome_session_announce('s', (SELECT array_agg(DISTINCT o.id ORDER BY o.id) FROM old_rows o));
     END IF;
