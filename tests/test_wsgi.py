@@ -320,9 +320,12 @@ def test_the_session_is_idle_when_a_streamed_response_is_closed_early(people: Pe
     assert query(people.dsn, "SELECT count(*) FROM projects") == [(0,)]
 
 
-def test_resuming_a_session_costs_one_round_trip(people: People) -> None:
+@pytest.mark.parametrize(("cache", "per_request"), [(0, 1), (100, 0)], ids=["cache off: one", "warm key: none"])
+def test_resuming_a_session_costs_one_round_trip_or_none_from_memory(people: People, cache: int,
+                                                                     per_request: int) -> None:
     key = _api_key(_demo(people), "alice")
-    app = SessionMiddleware(_nothing, SessionManager(people.dsn))
+    Session.delete_instance(force=True)  # the worker's own backend, with its own settings
+    app = SessionMiddleware(_nothing, SessionManager(people.dsn, resume_cache=cache))
 
     def environ() -> dict[str, Any]:
         return _environ("/nothing", headers={"X-OME-Session-Key": key})
@@ -341,7 +344,7 @@ def test_resuming_a_session_costs_one_round_trip(people: People) -> None:
         trace.seek(0)
         sent = [line.split("\t")[2].split()[0] for line in trace if line.startswith("F\t")]
     round_trips = sum(1 for message in sent if message in ("Sync", "Query"))
-    assert round_trips == 10, sent
+    assert round_trips == 10 * per_request, sent
 
 
 class _WatchedLock:
