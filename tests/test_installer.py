@@ -73,7 +73,7 @@ def test_install_twice_leaves_identical_data_and_prints_each_step(empty_dsn: str
 
     code, second, errors = install(empty_dsn, "--tmp-dir", str(tmp_path / "tmp"))
     assert code == 0, errors
-    assert "schema: up to date (version 4)" in second
+    assert "schema: up to date (version 5)" in second
     assert "configuration: exists, kept as it is" in second
     assert "admin: root exists, password kept" in second
     assert dump(empty_dsn) == installed

@@ -371,7 +371,8 @@ class LocalBackend(AuthBackend[LocalHandle]):
 
     def _login_from_row(self, key: str, row: tuple[Any, ...]) -> Login[LocalHandle]:
         (session_id, user_id, name, default_group, session_group, idle_timeout, started, last_access, expires_at,
-         host, agent, message, sudo_by, is_admin, is_guest, is_super, member_of, leads, confined_to) = row[:_LOGIN_WIDTH]
+         host, agent, message, sudo_by, is_admin, is_guest, is_super, member_of, leads,
+         confined_to) = row[:_LOGIN_WIDTH]
         principal = Principal(
             user_id=user_id, name=name, is_super=is_super, is_admin=is_admin, is_guest=is_guest,
             groups=frozenset(member_of), led=frozenset(leads),
