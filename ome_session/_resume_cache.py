@@ -9,6 +9,12 @@ connection (idle between requests, so a message waits in its socket buffer), or 
 on the source's socket are drained without a round trip (a zero-timeout poll, libpq's
 ``consume_input`` and ``notifies``), and what they name is dropped.
 
+In thread scope the sessions' connections are borrowed from a pool for each unit of work, so none
+of them can listen (and another thread's socket must never be read): the process keeps one cache
+per database for all its threads, and one ``Listener`` connection of its own (to ``listen_dsn``, or
+to the database itself), opened at the first resume that needs it and drained under the cache's
+lock. A forked child forgets it without closing it (the fork protocol) and listens afresh.
+
 Whatever may have missed a message empties the cache: a source found gone or replaced, a fork (the
 fork protocol), ``Configuration.flush()``, a switch of database, a message that cannot be read.
 Idle and absolute expiry are checked against the local clock; passing either only sends the key
@@ -31,6 +37,7 @@ from typing import Any
 import psycopg
 
 from . import _fork
+from ._connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +79,7 @@ class ResumeCache:
         self._by_session: dict[int, str] = {}
         self._by_user: dict[int, set[str]] = {}
         self._source: psycopg.Connection[Any] | None = None
+        self._refused: psycopg.Connection[Any] | None = None  # found unable to listen (behind a pooler)
         self._poll: Callable[[int], list[tuple[int, int]]] | None = None
         self._lock = threading.Lock()
         self.generation = 0  # moves on every message and every emptying: a cold read racing one is not kept
@@ -87,7 +95,10 @@ class ResumeCache:
 
     def listen(self, conn: psycopg.Connection[Any]) -> bool:
         """Make ``conn`` (autocommit, no transaction open) the source: LISTEN on it, and refuse it
-        if messages cannot reach it. Returns whether the cache is on."""
+        if messages cannot reach it (for good: it is not asked again). Returns whether the cache is
+        on."""
+        if conn is self._refused:
+            return False
         with self._lock:
             self._clear()
             self._source = self._poll = None
@@ -97,11 +108,13 @@ class ResumeCache:
             row = cursor.fetchone()
         except psycopg.Error as exc:
             log.warning("the resume cache is off: cannot LISTEN on this connection (%s)", exc)
+            self._refused = conn
             return False
         if row is None or row[0] != conn.info.backend_pid:
             log.warning("the resume cache is off: a connection pooler sits between this process and the "
                         "server, so notifications cannot reach it; set listen_dsn to the server itself")
             _unlisten(conn)
+            self._refused = conn
             return False
         with contextlib.suppress(ValueError):  # listening on it again: one handler is enough
             conn.remove_notify_handler(self._notified)
@@ -239,8 +252,75 @@ class ResumeCache:
         """The parent's source is muted in the child, and the child has missed nothing yet only
         because it has nothing: start empty, with a lock of its own."""
         self._lock = threading.Lock()
-        self._source = self._poll = None
+        self._source = self._poll = self._refused = None
         self._clear()
+
+
+class Listener:
+    """A connection that only listens, for a cache whose sessions' connections cannot: to
+    ``listen_dsn`` (behind a pooler), or in thread scope, where it is the process's one per
+    database, shared by every thread's session (``shared``). Opened at the first resume that needs
+    it; every use of it is made under ``lock``."""
+
+    def __init__(self, cache: ResumeCache, dsn: str, *, connect_timeout: int, shared: bool) -> None:
+        self.cache, self.shared = cache, shared
+        self.lock = threading.Lock()
+        self._dsn, self._connect_timeout = dsn, connect_timeout
+        self._conn: Connection | None = None
+        _fork.register(self)
+
+    def connection(self) -> Connection:
+        """The listening connection (call with ``lock`` held); a new server session behind it
+        (it broke, or this is a forked child) empties the cache."""
+        if self._conn is None:
+            self._conn = Connection(self._dsn, connect_timeout=self._connect_timeout, prepare_threshold=None)
+            self._conn.on_replaced(self.cache.forget_source)
+        return self._conn
+
+    def stop(self, *, close: bool) -> None:
+        """Stop listening: the cache can trust nothing more; the connection is closed, or (in a
+        child that inherited it, or when the session is forgotten) dropped untouched."""
+        self.cache.forget_source()
+        with self.lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close() if close else conn.discard()
+
+    def _reset_after_fork_in_child(self) -> None:
+        """A lock of the child's own; the connection's own reset mutes the parent's socket, and the
+        next use opens one for the child."""
+        self.lock = threading.Lock()
+
+
+_shared: dict[tuple[str, str, int, int], Listener] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_listener(dsn: str, listen_dsn: str | None, size: int, connect_timeout: int) -> Listener:
+    """Thread scope: this process's cache of the sessions of ``dsn`` and the connection that
+    listens for their news, made at the first ask and shared by every thread."""
+    key = (dsn, listen_dsn or dsn, size, connect_timeout)
+    with _shared_lock:
+        listener = _shared.get(key)
+        if listener is None:
+            listener = _shared[key] = Listener(ResumeCache(size), listen_dsn or dsn, connect_timeout=connect_timeout,
+                                               shared=True)
+        return listener
+
+
+def close_shared() -> None:
+    """Close the thread scope's listening connections (for the end of a test or a program)."""
+    with _shared_lock:
+        closing = list(_shared.values())
+        _shared.clear()
+    for listener in closing:
+        listener.stop(close=True)
+
+
+@_fork.at_fork_in_child
+def _fresh_lock_in_child() -> None:
+    global _shared_lock  # noqa: PLW0603  (a thread of the parent may have held it at fork time)
+    _shared_lock = threading.Lock()
 
 
 def clear_all() -> None:

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from ome_session import Configuration, Session, _migrations, _pool, admin
+from ome_session import Configuration, Session, _migrations, _pool, _resume_cache, admin
 from ome_session._cluster import Cluster
 from tests.helpers import (
     REQUIRE_VARIABLE,
@@ -136,6 +136,7 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
     Session.set_scope("process")
     Session._scope = None
     _pool.close_pools()
+    _resume_cache.close_shared()
 
 
 @pytest.fixture

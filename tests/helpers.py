@@ -510,15 +510,18 @@ def on_terminal(args: list[str], answers: list[Answer], timeout: float = 120.0,
 # -- a worker process that resumes sessions -----------------------------------------------------------
 
 _WORKER = r"""
-import json, select, sys
+import json, select, sys, threading
 from ome_session import Session, SessionManager
 from ome_session.errors import SessionError
 
 manager = SessionManager(sys.argv[1], **json.loads(sys.argv[2]))
+seen = [None]  # the last cache a session of this process had (in thread scope, the process's)
 
 
 def cache():
-    return getattr(Session.instance().backend, "resume_cache", None) if Session.has_instance() else None
+    if Session.has_instance():
+        seen[0] = getattr(Session.instance().backend, "resume_cache", None)
+    return seen[0]
 
 
 def resume(key):
@@ -538,6 +541,15 @@ def resume(key):
         Session.idle()
 
 
+def resume_in_thread(key):
+    # as resume(), in a new thread that ends afterwards (in thread scope: a session of its own)
+    answer = {}
+    thread = threading.Thread(target=lambda: answer.update(resume(key)))
+    thread.start()
+    thread.join()
+    return answer
+
+
 def pending():
     found = cache()
     source = found.listening if found is not None else None
@@ -550,7 +562,7 @@ def pending():
 
 for line in sys.stdin:
     command, *args = json.loads(line)
-    answer = {"resume": resume, "pending": pending,
+    answer = {"resume": resume, "resume_in_thread": resume_in_thread, "pending": pending,
               "cached": lambda: len(cache() or ())}[command](*args)
     print(json.dumps(answer), flush=True)
 """
@@ -560,13 +572,13 @@ class Worker:
     """Another process, as a web worker is: it resumes keys (and reads what the user may see) when
     asked, and is idle in between, so the database's news wait on its socket."""
 
-    def __init__(self, dsn: str, **options: Any) -> None:
+    def __init__(self, dsn: str, *, scope: str = "process", **options: Any) -> None:
         import json
 
         self._json = json
         self.process = subprocess.Popen([sys.executable, "-c", _WORKER, dsn, json.dumps(options)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                        env=command_env())
+                                        env=command_env(OME_SESSION_SCOPE=scope))
 
     def ask(self, *command: Any) -> Any:
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -578,6 +590,11 @@ class Worker:
 
     def resume(self, key: str) -> dict[str, Any]:
         answer: dict[str, Any] = self.ask("resume", key)
+        return answer
+
+    def resume_in_thread(self, key: str) -> dict[str, Any]:
+        """Resume ``key`` in a new thread of the worker, which ends afterwards."""
+        answer: dict[str, Any] = self.ask("resume_in_thread", key)
         return answer
 
     def warm(self, key: str) -> dict[str, Any]:

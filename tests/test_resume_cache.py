@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import select
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
@@ -342,3 +343,96 @@ def test_idle_expiry_counts_in_memory_too(lab: People) -> None:
         lab.dsn, "SELECT last_access < now() - interval '1.5 seconds' FROM ome_sessions")[0][0])
     with pytest.raises(SessionKeyError):
         manager.create_session(key=key)
+
+
+# -- thread scope: the process's one cache, on a listening connection of its own --------------------------
+
+def _in_new_thread(fn: Callable[[], None]) -> None:
+    """Run ``fn`` in a thread to its end (its session, in thread scope, ends with it)."""
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # raised again in the test's thread
+            failures.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the thread hung"
+    if failures:
+        raise failures[0]
+
+
+def test_in_thread_scope_a_key_warm_in_one_thread_resumes_in_any_other_with_nothing_sent(
+        lab: People, server_log: ServerLog) -> None:
+    Session.set_scope("thread")
+    manager = SessionManager(lab.dsn)
+    key = key_of(lab, "alice")
+
+    def request() -> None:
+        with manager.create_session(key=key) as session:
+            assert session.user_name == "alice"
+
+    def first_request() -> None:
+        with manager.create_session(key=key) as session:
+            # What a threaded server does at start-up: else each new thread's session reads the
+            # configuration once for itself.
+            Configuration.preload(session.factory)
+
+    _in_new_thread(first_request)  # the key's first sight, and the process's listener opened
+    server_log.mark()
+    for _ in range(3):
+        _in_new_thread(request)
+    assert server_log.statements() == []
+
+
+def test_in_thread_scope_a_logout_in_another_process_reaches_every_thread(lab: People) -> None:
+    worker = Worker(lab.dsn, scope="thread")
+    try:
+        key = key_of(lab, "alice")
+        assert worker.warm(key)["projects"] == ["alice's"]
+        assert worker.resume_in_thread(key)["warm"] is True
+        SessionManager(lab.dsn).create_session(key=key)
+        SessionManager(lab.dsn).logout()
+        worker.wait_for_news()
+        assert refused(worker.resume_in_thread(key))
+        assert refused(worker.resume(key))
+    finally:
+        worker.close()
+
+
+def test_in_thread_scope_a_forked_child_listens_on_its_own_and_leaves_the_parents_listener_alone(
+        lab: People) -> None:
+    Session.set_scope("thread")
+    manager = SessionManager(lab.dsn)
+    alice, bob = key_of(lab, "alice"), key_of(lab, "bob")
+    for key in (alice, bob):
+        manager.create_session(key=key)
+        Session.idle()
+    cache: ResumeCache = Session.instance().backend.resume_cache  # type: ignore[attr-defined]
+    listening = cache.listening
+    assert listening is not None and alice in cache and bob in cache
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child reports through the pipe)
+        try:
+            empty = len(cache) == 0 and cache.listening is None
+            SessionManager(lab.dsn).create_session(key=alice)
+            Session.idle()
+            own = cache.listening is not None and cache.listening is not listening and alice in cache
+            os.write(write, f"{empty} {own}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        report = pipe.read()
+    os.waitpid(child, 0)
+    assert report == "True True"
+    # The parent's listener was never touched by the child: it still hears, and nothing emptied the cache.
+    query(lab.dsn, "UPDATE ome_sessions SET closed_at = now() WHERE experimenter_id = %s", lab.ids["alice"])
+    wait_for("the parent's listener to hear of it", lambda: _news_waiting(cache))
+    with pytest.raises(SessionKeyError):
+        manager.create_session(key=alice)
+    assert cache.listening is listening and bob in cache

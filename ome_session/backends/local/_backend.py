@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -14,7 +15,7 @@ from ... import _keys, _ldap, _passwords, _permissions
 from ..._connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREPARE_THRESHOLD, Connection
 from ..._pool import DEFAULT_POOL_TIMEOUT
 from ..._principal import Principal
-from ..._resume_cache import DEFAULT_SIZE, Entry, ResumeCache
+from ..._resume_cache import DEFAULT_SIZE, Entry, Listener, ResumeCache, shared_listener
 from ...errors import AuthenticationError, DatabaseUnavailable, PermissionDenied, SessionError, SessionKeyError
 from ...factory import Factory
 from .. import BAD_LOGIN, AuthBackend, GroupInfo, Login, idle_seconds, plausible, session_message
@@ -50,7 +51,9 @@ class LocalBackend(AuthBackend[LocalHandle]):
     A key resumed once is kept in a resume cache (``_resume_cache``) of ``resume_cache`` sessions
     (0: off, every resume asks the database); its news come on the session's own connection, or on
     a connection of its own to ``listen_dsn`` (needed behind a pooler such as pgbouncer, where the
-    session's connection cannot listen: without it the cache stays off there).
+    session's connection cannot listen: without it the cache stays off there). In thread scope
+    (``pool_size``) the cache and its listening connection are the process's, shared by the
+    backends of every thread's session.
     """
 
     name = "local"
@@ -63,13 +66,22 @@ class LocalBackend(AuthBackend[LocalHandle]):
                                 pool_size=pool_size, pool_timeout=pool_timeout)
         self._db = self._factory._connection
         self._pool = {"pool_size": pool_size, "pool_timeout": pool_timeout} if pool_size is not None else {}
-        self._cache = ResumeCache(resume_cache) if resume_cache else None
         self._listen_dsn = listen_dsn or None
-        self._listener: Connection | None = None  # the connection to listen_dsn, opened at the first resume
-        self._refused: Any = None  # the connection found unable to listen (behind a pooler)
+        self._cache: ResumeCache | None = None
+        self._listener: Listener | None = None  # None: the cache listens on the session's connection
         self._touch_due: Entry | None = None  # a warm resume's last_access, written at idle()
-        if self._cache is not None and self._listen_dsn is None:
-            self._db.on_replaced(self._cache.forget_source)
+        if not resume_cache:
+            pass
+        elif pool_size is not None:  # thread scope: a borrowed connection cannot listen
+            self._listener = shared_listener(dsn, self._listen_dsn, resume_cache, connect_timeout)
+            self._cache = self._listener.cache
+        else:
+            self._cache = ResumeCache(resume_cache)
+            if self._listen_dsn is None:
+                self._db.on_replaced(self._cache.forget_source)
+            else:
+                self._listener = Listener(self._cache, self._listen_dsn, connect_timeout=connect_timeout,
+                                          shared=False)
 
     # -- where it is -----------------------------------------------------------------------------
 
@@ -109,6 +121,7 @@ class LocalBackend(AuthBackend[LocalHandle]):
         due, self._touch_due = self._touch_due, None
         if due is not None:
             self._write_behind(due)
+            self._db.release()  # in thread scope, the connection the write borrowed
 
     def close(self) -> None:
         self._stop_listening(close=True)
@@ -155,9 +168,12 @@ class LocalBackend(AuthBackend[LocalHandle]):
         cache = self._cache
         if cache is not None:
             entry = cache.get(key)  # drains the news first
-            if entry is not None and (self._listener is None or self._db.usable):
+            listener = self._listener
+            if entry is not None and (listener is None or listener.shared or self._db.usable):
                 if _monotonic() - entry.written >= entry.touch_every:
                     self._touch_due = entry
+                if listener is not None and listener.shared:
+                    return copy.copy(entry.login)  # type: ignore[no-any-return]  # each thread's own
                 return entry.login  # type: ignore[no-any-return]
         params = {"digest": _keys.digest(key), "touch_every": _RESUME_TOUCH_EVERY, **_sql.config_defaults()}
         self._db.revive()  # a connection the server dropped while idle (a restart) is replaced
@@ -177,32 +193,23 @@ class LocalBackend(AuthBackend[LocalHandle]):
         """Make sure the cache's source listens before the resume statement reads (so no change
         committed after the read can go unannounced); the cache's generation, or None when the
         cache cannot be trusted with what this resume reads."""
-        cache = self._cache
+        cache, listener = self._cache, self._listener
         assert cache is not None
-        holder = self._db if self._listener is None and self._listen_dsn is None else self._listener_connection()
-        if holder.in_transaction:
-            return None  # LISTEN would count only at commit
-        conn = holder.raw
-        if cache.listening is not conn and conn is not self._refused:
-            with holder.errors(), holder.autocommit() as autocommit:
-                if not cache.listen(autocommit):
-                    self._refused = conn
-        return cache.generation if cache.listening is conn else None
-
-    def _listener_connection(self) -> Connection:
-        if self._listener is None:
-            assert self._listen_dsn is not None and self._cache is not None
-            self._listener = Connection(self._listen_dsn, connect_timeout=self._db.connect_timeout,
-                                        prepare_threshold=None)
-            self._listener.on_replaced(self._cache.forget_source)
-        return self._listener
+        if listener is None:
+            return _listen_on(self._db, cache)
+        with listener.lock:  # in thread scope, other threads' resumes share it
+            return _listen_on(listener.connection(), cache)
 
     def _stop_listening(self, *, close: bool) -> None:
-        if self._cache is not None:
-            self._cache.forget_source()
-        listener, self._listener = self._listener, None
+        """This backend is done: its cache can trust nothing more. The process's shared cache and
+        listener (thread scope) outlive any one thread's session."""
+        listener = self._listener
+        if listener is not None and listener.shared:
+            return
         if listener is not None:
-            listener.close() if close else listener.discard()
+            listener.stop(close=close)
+        elif self._cache is not None:
+            self._cache.forget_source()
 
     def _write_behind(self, entry: Entry) -> None:
         """Slide last_access of a session resumed from memory, at idle (after the response), at
@@ -392,6 +399,19 @@ class LocalBackend(AuthBackend[LocalHandle]):
 
 _LOGIN_WIDTH = 19  # the columns of LOGIN_COLUMNS a Login is made of; then what the cache needs
 _monotonic = time.monotonic
+
+
+def _listen_on(holder: Connection, cache: ResumeCache) -> int | None:
+    """Make sure ``holder`` listens for ``cache`` before a resume statement reads (so no change
+    committed after the read can go unannounced); the cache's generation, or None when the cache
+    cannot be trusted with what the resume reads."""
+    if holder.in_transaction:
+        return None  # LISTEN would count only at commit
+    conn = holder.raw
+    if cache.listening is not conn:
+        with holder.errors(), holder.autocommit() as autocommit:
+            cache.listen(autocommit)
+    return cache.generation if cache.listening is conn else None
 
 
 def _entry(login: Login[LocalHandle], row: tuple[Any, ...]) -> Entry:
