@@ -18,6 +18,7 @@ import atexit
 import base64
 import contextlib
 import hashlib
+import http.client
 import importlib
 import os
 import pty
@@ -39,6 +40,7 @@ from functools import cache
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import urlencode
 
 import argon2
 import argon2.exceptions
@@ -328,6 +330,38 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+@dataclass
+class HttpClient:
+    """Plain HTTP/1.1 to a test server on loopback, one connection per request (as a browser
+    that does not keep connections would), and the demo app's login form."""
+
+    port: int
+    timeout: float = 120.0
+
+    def request(self, method: str, path: str, *, cookie: str | None = None,
+                headers: Mapping[str, str] | None = None,
+                body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+        sent = dict(headers or {})
+        if cookie:
+            sent["Cookie"] = cookie
+        if body is not None:
+            sent.setdefault("Content-Type", "application/x-www-form-urlencoded")
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+        try:
+            conn.request(method, path, body=body, headers=sent)
+            response = conn.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            conn.close()
+
+    def login(self, name: str) -> str:
+        """Log in through the form; returns the cookie to send back."""
+        form = urlencode({"username": name, "password": People.password(name)}).encode()
+        status, headers, body = self.request("POST", "/login", body=form)
+        assert status == 200, body
+        return headers["Set-Cookie"].split(";", 1)[0]
 
 
 # -- optional parts: skipped, unless the run requires them -------------------------------------------

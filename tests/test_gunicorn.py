@@ -9,7 +9,6 @@ server can tell us what every worker's backend is doing. Waits are bounded polls
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
@@ -20,11 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import pytest
 
-from tests.helpers import People, free_port, query, wait_for
+from tests.helpers import HttpClient, People, free_port, query, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 2
@@ -84,30 +82,11 @@ def on_exit(server):
 '''
 
 
-@dataclass
-class Server:
-    port: int
+@dataclass(kw_only=True)
+class Server(HttpClient):
     process: subprocess.Popen[bytes]
     state: Path
     log: Path
-
-    def request(self, method: str, path: str, *, headers: dict[str, str] | None = None,
-                body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return response.status, dict(response.getheaders()), response.read()
-        finally:
-            conn.close()
-
-    def login(self, name: str) -> str:
-        """Log in through the form; returns the cookie to send back."""
-        form = urlencode({"username": name, "password": People.password(name)}).encode()
-        status, headers, body = self.request("POST", "/login", body=form,
-                                             headers={"Content-Type": "application/x-www-form-urlencoded"})
-        assert status == 200, body
-        return headers["Set-Cookie"].split(";", 1)[0]
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -141,7 +120,7 @@ def _start(people: People, tmp_path: Path, preload: bool) -> Server:
         with log.open("wb") as out:
             process = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
                                        start_new_session=True)
-        server = Server(port, process, state, log)
+        server = Server(port=port, process=process, state=state, log=log)
         if _wait_ready(server):
             return server
         _stop(server)
@@ -190,7 +169,7 @@ def server(request: pytest.FixtureRequest, people: People, tmp_path: Path) -> It
 def _many_requests(server: Server, cookies: dict[str, str]) -> list[dict[str, Any]]:
     def one(n: int) -> dict[str, Any]:
         user = USERS[n % len(USERS)]
-        status, _, body = server.request("GET", "/where", headers={"Cookie": cookies[user]})
+        status, _, body = server.request("GET", "/where", cookie=cookies[user])
         assert status == 200, body
         return {**json.loads(body), "expected": user}
 
@@ -239,13 +218,13 @@ def test_the_preloaded_masters_open_transaction_survives_every_worker(server: Se
 def test_a_view_that_raises_leaves_its_worker_idle(server: Server, people: People) -> None:
     cookie = server.login("alice")
     for _ in range(4):
-        status, _, _ = server.request("POST", "/boom", headers={"Cookie": cookie})
+        status, _, _ = server.request("POST", "/boom", cookie=cookie)
         assert status == 500
         # Checked before any other request could reach that worker and roll back for it.
         states = _worker_backends(people.dsn)
         assert states and "idle in transaction" not in states.values(), states
     assert query(people.dsn, "SELECT count(*) FROM projects WHERE name = 'from a failing view'") == [(0,)]
-    status, _, body = server.request("GET", "/whoami", headers={"Cookie": cookie})
+    status, _, body = server.request("GET", "/whoami", cookie=cookie)
     assert status == 200 and json.loads(body)["user"] == "alice"
     assert server.log_text().count("Traceback") == 4  # the four failing views, nothing else
 
@@ -257,7 +236,7 @@ def test_requests_without_a_valid_key_are_refused(server: Server) -> None:
     assert status == 401 and json.loads(body)["error"] == "session_key_missing"
     status, _, body = server.request("GET", "/whoami", headers={"X-OME-Session-Key": "not-a-key"})
     assert status == 401 and json.loads(body)["error"] == "session_key_rejected"
-    status, headers, _ = server.request("POST", "/logout", headers={"Cookie": cookie})
+    status, headers, _ = server.request("POST", "/logout", cookie=cookie)
     assert status == 200 and "Max-Age=0" in headers["Set-Cookie"]
-    status, _, _ = server.request("GET", "/whoami", headers={"Cookie": cookie})
+    status, _, _ = server.request("GET", "/whoami", cookie=cookie)
     assert status == 401

@@ -5,7 +5,6 @@ the same time (a barrier): served one at a time, they could not all get in."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
@@ -15,16 +14,14 @@ import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 
 from ome_session import Session
-from tests.helpers import People, free_port, query, wait_for
+from tests.helpers import HttpClient, People, free_port, query, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 USERS = ("alice", "bob", "carol")
@@ -61,43 +58,19 @@ application = make_app({{**ROUTES, ("GET", "/where"): where, ("POST", "/gate"): 
 '''
 
 
-@dataclass
-class Client:
-    port: int
-
-    def request(self, method: str, path: str, cookie: str | None = None,
-                body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
-        headers = {"Cookie": cookie} if cookie else {}
-        if body is not None:
-            headers["Content-Type"] = "application/x-www-form-urlencoded"
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-        try:
-            conn.request(method, path, body=body, headers=headers)
-            response = conn.getresponse()
-            return response.status, dict(response.getheaders()), response.read()
-        finally:
-            conn.close()
-
-    def login(self, name: str) -> str:
-        form = urlencode({"username": name, "password": People.password(name)}).encode()
-        status, headers, body = self.request("POST", "/login", body=form)
-        assert status == 200, body
-        return headers["Set-Cookie"].split(";", 1)[0]
-
-
-def _alternating_users_and_the_gate(client: Client, dsn: str) -> list[dict[str, Any]]:
+def _alternating_users_and_the_gate(client: HttpClient, dsn: str) -> list[dict[str, Any]]:
     """Many requests of alternating users from several clients at once, then the gate; checks
     every answer and returns the /where answers."""
     cookies = {user: client.login(user) for user in USERS}
 
     def where(n: int) -> dict[str, Any]:
         user = USERS[n % len(USERS)]
-        status, _, body = client.request("GET", "/where", cookies[user])
+        status, _, body = client.request("GET", "/where", cookie=cookies[user])
         assert status == 200, body
         return {**json.loads(body), "expected": user}
 
     def through_the_gate(n: int) -> tuple[int, bytes]:
-        status, _, body = client.request("POST", "/gate", cookies[USERS[n % len(USERS)]])
+        status, _, body = client.request("POST", "/gate", cookie=cookies[USERS[n % len(USERS)]])
         return status, body
 
     with ThreadPoolExecutor(THREADS * 2) as pool:
@@ -140,7 +113,7 @@ def test_a_threaded_wsgiref_server_serves_alternating_users_in_parallel(
     serving = threading.Thread(target=server.serve_forever, name="wsgiref", daemon=True)
     serving.start()
     try:
-        results = _alternating_users_and_the_gate(Client(server.server_address[1]), people.dsn)
+        results = _alternating_users_and_the_gate(HttpClient(server.server_address[1]), people.dsn)
     finally:
         server.shutdown()
         server.server_close()
@@ -153,7 +126,7 @@ def test_a_threaded_wsgiref_server_serves_alternating_users_in_parallel(
 
 
 @pytest.fixture
-def gunicorn(people: People, tmp_path: Path) -> Iterator[Client]:
+def gunicorn(people: People, tmp_path: Path) -> Iterator[HttpClient]:
     (tmp_path / "threaded_app.py").write_text(_APP)
     env = {**os.environ, "OME_SESSION_DSN": people.dsn, "OME_SESSION_SCOPE": "thread"}
     for attempt in range(3):
@@ -165,9 +138,9 @@ def gunicorn(people: People, tmp_path: Path) -> Iterator[Client]:
         with log.open("wb") as out:
             process = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
                                        start_new_session=True)
-        client = Client(port)
+        client = HttpClient(port)
 
-        def ready(process: subprocess.Popen[bytes] = process, client: Client = client) -> str | None:
+        def ready(process: subprocess.Popen[bytes] = process, client: HttpClient = client) -> str | None:
             if process.poll() is not None:
                 return "exited"
             try:
@@ -190,7 +163,7 @@ def gunicorn(people: People, tmp_path: Path) -> Iterator[Client]:
             process.wait(timeout=60)
 
 
-def test_gunicorn_with_threads_serves_alternating_users_in_parallel(gunicorn: Client, people: People) -> None:
+def test_gunicorn_with_threads_serves_alternating_users_in_parallel(gunicorn: HttpClient, people: People) -> None:
     results = _alternating_users_and_the_gate(gunicorn, people.dsn)
     # The worker's threads borrowed from its pool: several connections, each request on one.
     assert len({r["backend"] for r in results}) > 1
