@@ -191,11 +191,9 @@ class Session(SessionUser, SessionProperties, SessionFiles):
         _fork.owned()
         current = _current
         with current.lock:
-            session = current.session
+            session = _take(current, "delete the session")
             if session is None:
                 return
-            session._work.check_owner("delete the session", state_open=False, take_over=True)
-            current.set(None)
             if not force:
                 warnings.warn("deleting the process's session (pass force=True to silence this)", stacklevel=2)
             session._work.run_deferred()
@@ -206,12 +204,9 @@ class Session(SessionUser, SessionProperties, SessionFiles):
         """Drop the session without closing what it holds (a forked child's parent owns that)."""
         current = _current
         with current.lock:
-            session = current.session
-            if session is None:
-                return
-            session._work.check_owner("forget the session", state_open=False, take_over=True)
-            current.set(None)
-            session._forget()
+            session = _take(current, "forget the session")
+            if session is not None:
+                session._forget()
 
     # -- the guard -------------------------------------------------------------------------------
 
@@ -467,6 +462,15 @@ class Session(SessionUser, SessionProperties, SessionFiles):
 def inherited() -> Inheritance | None:
     """The session this process inherited from the one it was forked from, if any."""
     return Session._inherited
+
+
+def _take(current: Holder, action: str) -> Session | None:
+    """Unset the holder's session (its lock held) once the caller may end its unit of work."""
+    session = current.session
+    if session is not None:
+        session._work.check_owner(action, state_open=False, take_over=True)
+        current.set(None)
+    return session
 
 
 @_fork.at_fork_in_child
