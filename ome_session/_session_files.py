@@ -64,6 +64,9 @@ class SessionFiles:
 
     def _reap_once(self) -> None:
         """At the first login of a process: remove the temporary directories of dead processes."""
+        held = self._tempfiles
+        if held is not None and held.root in SessionFiles._reaped_roots:
+            return  # every later login of this session: a set lookup
         root = self._temp().root
         if root in SessionFiles._reaped_roots:
             return

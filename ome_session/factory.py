@@ -141,7 +141,8 @@ class Factory:
 
     def _begin(self, principal: Principal, group_id: int | None) -> None:
         """A unit of work begins for ``principal``: nothing of the previous user is kept."""
-        self._cache.clear()
+        if len(self._cache):  # clearing an empty WeakValueDictionary still costs an exception
+            self._cache.clear()
         self.principal = principal
         self.group_id = principal.default_group(group_id)
 

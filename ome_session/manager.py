@@ -120,7 +120,7 @@ class SessionManager:
         if key is not _NO_KEY:
             if username is not None or password is not None:
                 raise TypeError("create_session() takes either username and password, or key=, not both")
-            return self._bind(lambda backend: backend.resume(backend.validate_key(key)))
+            return self._bind(lambda backend: backend.resume(key))  # which checks the key first
         if username is None or password is None:
             raise TypeError("create_session() needs a username and a password, or key=")
         where = host or self._where()
