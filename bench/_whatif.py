@@ -61,7 +61,7 @@ WITH {cfg_with} hit AS (
     FROM hit WHERE s.id = hit.id AND hit.live
       AND hit.last_access < now() - {THROTTLE_S} * interval '1 second'
 )
-SELECT {_sql.LOGIN_COLUMNS}
+SELECT {_sql.LOGIN_COLUMNS}, true AS live, false AS stale
 FROM hit JOIN ome_sessions s ON s.id = hit.id AND hit.live
 JOIN experimenters e ON e.id = s.experimenter_id {cfg_join}
 """

@@ -180,11 +180,18 @@ class LocalBackend(AuthBackend[LocalHandle]):
         generation = self._listening() if cache is not None else None
         with self._db.errors(), self._db.autocommit() as conn:
             row = conn.execute(_sql.RESUME, params).fetchone()
+            if row is not None and not row[_LIVE]:  # dead: closed for good, never to come back
+                conn.execute(_sql.CLOSE_DEAD, {"session_id": row[0], **_sql.config_defaults()})
+                row = None
         if row is None:
             raise SessionKeyError(_BAD_KEY)
         login = self._login_from_row(key, row)
+        shared = self._listener is not None and self._listener.shared
+        entry = _entry(copy.copy(login) if shared else login, row)  # in thread scope, the threads' own
+        if row[_STALE]:
+            self._touch_due = entry  # written behind, at idle()
         if cache is not None and generation is not None:
-            cache.put(key, _entry(login, row), generation)
+            cache.put(key, entry, generation)
         return login
 
     # -- the resume cache ------------------------------------------------------------------------
@@ -212,8 +219,8 @@ class LocalBackend(AuthBackend[LocalHandle]):
             self._cache.forget_source()
 
     def _write_behind(self, entry: Entry) -> None:
-        """Slide last_access of a session resumed from memory, at idle (after the response), at
-        most once per ``touch_every``; a row found dead is closed and forgotten."""
+        """Slide last_access of a resumed session, at idle (after the response), when it is older
+        than ``touch_every``; a row found dead is closed and forgotten."""
         try:
             self.touch(entry.login)
             entry.written = _monotonic()
@@ -398,6 +405,7 @@ class LocalBackend(AuthBackend[LocalHandle]):
 
 
 _LOGIN_WIDTH = 19  # the columns of LOGIN_COLUMNS a Login is made of; then what the cache needs
+_LIVE, _STALE = _LOGIN_WIDTH + 2, _LOGIN_WIDTH + 3  # then what RESUME adds: live, and last_access due
 _monotonic = time.monotonic
 
 

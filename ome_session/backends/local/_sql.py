@@ -135,9 +135,7 @@ def _check_and_touch(which: str, returning: str) -> str:
     """
     return f"""
 WITH {CFG}, hit AS (
-    SELECT s.id, ({_LIVE}) AS live,
-           s.last_access < clock_timestamp() - interval '1 second' * CASE WHEN {idle_timeout("s")} = 0
-               THEN %(touch_every)s ELSE least(%(touch_every)s, ({idle_timeout("s")}) / 10.0) END AS stale
+    SELECT s.id, ({_LIVE}) AS live, {_stale("s")} AS stale
     FROM ome_sessions s JOIN experimenters e ON e.id = s.experimenter_id CROSS JOIN cfg
     WHERE {which}
 ), dead AS (
@@ -157,7 +155,28 @@ FROM s JOIN experimenters e ON e.id = s.experimenter_id CROSS JOIN cfg
 """
 
 
-RESUME = _check_and_touch("s.key_digest = %(digest)s", LOGIN_COLUMNS)
+def _stale(s: str) -> str:
+    """Whether ``s``'s last_access is older than ``%(touch_every)s`` seconds, or a tenth of its idle
+    timeout if that is shorter: then using the session writes it (else nothing is written)."""
+    return (f"{s}.last_access < clock_timestamp() - interval '1 second' * CASE WHEN {idle_timeout(s)} = 0 "
+            f"THEN %(touch_every)s ELSE least(%(touch_every)s, ({idle_timeout(s)}) / 10.0) END")
+
+
+# Resuming by key reads and writes nothing: whether the row is live, and whether its last_access is
+# due (``stale``), come back with the Login. The backend writes a stale last_access behind, at
+# ``idle()`` (``TOUCH``), and closes a dead row for good (``CLOSE_DEAD``) on the way to refusing,
+# so the request's one statement is a read of indexed rows.
+RESUME = f"""
+WITH {CFG}
+SELECT {LOGIN_COLUMNS}, ({_LIVE}) AS live, {_stale("s")} AS stale
+FROM ome_sessions s JOIN experimenters e ON e.id = s.experimenter_id CROSS JOIN cfg
+WHERE s.key_digest = %(digest)s
+"""
+_STILL_DEAD = f"NOT EXISTS (SELECT FROM experimenters e CROSS JOIN cfg WHERE e.id = s.experimenter_id AND {_LIVE})"
+CLOSE_DEAD = f"""
+WITH {CFG}
+{close(f"s.id = %(session_id)s AND {_STILL_DEAD}")}
+"""
 TOUCH = _check_and_touch("s.id = %(session_id)s", "s.last_access")
 REFRESH = _check_and_touch("s.id = %(session_id)s", LOGIN_COLUMNS)
 
