@@ -23,7 +23,8 @@ from types import FrameType
 
 from ome_session import Session
 
-from . import _data, imports, instance, omero, prefork, propagation, resume, scale, tempfiles, threads, transactions
+from . import (_data, acl_scale, imports, instance, omero, prefork, propagation, resume, scale, tempfiles, threads,
+               transactions)
 from ._context import Context
 from ._report import write
 from ._results import Results
@@ -40,6 +41,7 @@ MEASUREMENTS: dict[str, Callable[[Context], None]] = {
     "threads": threads.run,
     "imports": imports.run,
     "omero": omero.run,
+    "acl": acl_scale.run,
 }
 
 MAIN_ROWS = 1000
