@@ -43,7 +43,8 @@ from .dbobject import DBObject, Reference
 from .errors import PermissionDenied
 
 __all__ = ["ROW", "SUPER_USER_SQL", "TRUSTED", "Acl", "Fragment", "Principal", "kind_of", "may_configure",
-           "may_lock", "may_read", "may_write", "refusal", "sudo_condition", "visible"]
+           "may_lock", "may_read", "may_write", "readable_group_ids", "readable_ways", "refusal",
+           "sudo_condition", "visible"]
 
 # -- kinds of class ---------------------------------------------------------------------------------
 
@@ -183,11 +184,34 @@ def visible(cls: type[DBObject], alias: str, acl: Acl | None) -> Fragment | None
 
 
 def _in_readable_groups(group: sql.Composable, acl: Acl) -> Fragment:
-    """``group`` is one whose rows the session may read (joined by the server, never shipped)."""
-    found = fmt("{} IN {}", group, readable_groups(param(acl.user)))
+    """``group`` is one whose rows the session may read (joined by the server, never shipped).
+
+    ``= ANY(ARRAY(...))``, not ``IN (...)``: the array is computed once (an InitPlan) and the
+    comparison can drive an index scan, ORed with the owner's in a BitmapOr, so the plan reads the
+    visible rows only; ``IN`` under an OR becomes a filter tested on every row of the table.
+    """
+    return fmt("{} = ANY(ARRAY{})", group, readable_group_ids(acl))
+
+
+def readable_group_ids(acl: Acl) -> Fragment:
+    """SQL: a subquery of the ids of the groups whose rows the session reads: memberships, default
+    group and groups led; for a leader's session as a member, only those that leader leads."""
+    found = readable_groups(param(acl.user))
     if acl.confined_by is None:
         return found
-    return fmt("({} AND {} IN {})", found, group, led_groups(param(acl.confined_by)))
+    return fmt("(SELECT r.id FROM {} AS r(id) WHERE r.id = ANY(ARRAY{}))", found, led_groups(param(acl.confined_by)))
+
+
+def readable_ways(cls: type[DBObject], alias: str, acl: Acl | None) -> tuple[Fragment | None, str, Fragment] | None:
+    """The two ways a row of an owned class is readable, each an index range in id order: owned by
+    the user (None in a leader's session as a member, where only the group counts), and filed in
+    one of ``readable_group_ids`` (the group column, the subquery). None for other kinds of class,
+    or when everything is readable."""
+    if acl is None or kind_of(cls) != OWNED:
+        return None
+    owner, group = (cls.__references__[name].column or "" for name in ("owner", "group"))
+    mine = fmt("{} = {}", sql.Identifier(alias, owner), param(acl.user)) if acl.confined_by is None else None
+    return mine, group, readable_group_ids(acl)
 
 
 def _end_visible(ref: Reference, value: sql.Composable | Fragment, alias: str, acl: Acl | None) -> Fragment | None:

@@ -19,7 +19,9 @@ same has-many prefix share one EXISTS, so they must hold for the same related ro
 
 The session's ACL is applied at every hop, not only to the class read: a joined row the user may
 not read joins as NULL and an EXISTS scope sees only readable rows, so no criterion, order or count
-reveals anything behind the ACL (see ``_permissions.visible``).
+reveals anything behind the ACL (see ``_permissions.visible``). A limited read in key order also
+names its candidates, the first rows of each way the user may read them (``_first_readable``), so
+that its cost follows what he sees, not the size of the table or where his rows sit in it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from ._permissions import Acl, visible
+from ._permissions import Acl, readable_ways, visible
 from .dbobject import Column, DBObject, HasMany, Reference, resolve
 
 __all__ = ["Acl", "check_key", "check_paging", "compile_count", "compile_select", "criterion_columns"]
@@ -71,6 +73,7 @@ def compile_select(
     query = _Query(resolve(cls), criteria, acl)
     distinct = query.distinct()
     order = query.order()
+    by_key_alone = distinct is None and not order
     if distinct is not None and (not order or order[0][0] != distinct):
         order.insert(0, (distinct, False))  # DISTINCT ON must lead the ORDER BY
     order += [(sql.Identifier("t0", key), False) for key in query.cls.__primary_key__]
@@ -82,11 +85,17 @@ def compile_select(
     where, where_params = query.where()
     params += where_params
     order_by = sql.SQL(", ").join(sql.SQL("{} DESC").format(expr) if desc else expr for expr, desc in order)
+    paging = [(keyword, _non_negative(key, criteria[key]))
+              for key, keyword in (("__limit", " LIMIT "), ("__offset", " OFFSET ")) if key in criteria]
+    if by_key_alone and "__limit" in criteria:
+        first = _first_readable(query, min(sum(value for _, value in paging), _INT8_MAX))
+        if first is not None:
+            where = sql.SQL("{} AND {}").format(where, first[0])  # never empty: the ACL is in it
+            params += first[1]
     parts = [head, columns, from_clause, where, sql.SQL(" ORDER BY "), order_by]
-    for key, keyword in (("__limit", " LIMIT "), ("__offset", " OFFSET ")):
-        if key in criteria:
-            parts.append(sql.SQL(keyword) + sql.Placeholder())
-            params.append(_non_negative(key, criteria[key]))
+    for keyword, value in paging:
+        parts.append(sql.SQL(keyword) + sql.Placeholder())
+        params.append(value)
     if for_update:
         if distinct is not None:
             raise ValueError("__distinct cannot be combined with FOR UPDATE")
@@ -110,6 +119,41 @@ def compile_count(
         return sql.SQL("SELECT count(*)") + body, params
     # A subquery (not count(DISTINCT x)) so that NULL counts as one value, as DISTINCT ON groups it.
     return sql.SQL("SELECT count(*) FROM (SELECT DISTINCT {}{}) AS d").format(distinct, body), params
+
+
+def _first_readable(query: _Query, count: int) -> _Fragment | None:
+    """``t0.id IN (the first ``count`` readable matches)``, for a read ordered by the key alone.
+
+    With a limit and that order, the plain statement leaves the planner two bad plans for a user
+    who sees little of a large table: walk the primary key past every row he may not read, or read
+    all he may read and sort. Here each way a row is readable (his own rows; each of his groups,
+    see ``readable_ways``) gives its first ``count`` matches from an index in key order, so the
+    statement reads at most ``count`` rows per way, whatever the table's size and wherever his
+    rows sit. The outer statement keeps every condition: this narrows the rows it looks at, never
+    what it may return.
+    """
+    ways = readable_ways(query.cls, query.root.alias, query.acl)
+    if ways is None or len(query.cls.__primary_key__) != 1:
+        return None
+    mine, group_column, group_ids = ways
+    t0 = query.root.alias
+    key = sql.Identifier(t0, query.cls.__primary_key__[0])
+    from_clause, from_params = query.root.from_clause()
+    texts, params = query.root.rendered_conditions()
+
+    def first(condition: _Fragment) -> _Fragment:
+        where = sql.SQL(" AND ").join([*texts, condition[0]])
+        return (sql.SQL("SELECT {} AS acl_id{} WHERE {} ORDER BY {} LIMIT {}").format(
+            key, from_clause, where, key, sql.Placeholder()), [*from_params, *params, *condition[1], count])
+
+    in_group = first((sql.SQL("{} = acl_g.id").format(sql.Identifier(t0, group_column)), []))
+    arms = [] if mine is None else [first(mine)]
+    arms.append((sql.SQL("SELECT acl_c.acl_id FROM (SELECT DISTINCT acl_g.id FROM {} AS acl_g(id)) AS acl_g"
+                         " CROSS JOIN LATERAL ({}) AS acl_c").format(group_ids[0], in_group[0]),
+                 [*group_ids[1], *in_group[1]]))
+    union = sql.SQL(" UNION ").join(sql.SQL("({})").format(text) for text, _ in arms)
+    return (sql.SQL("{} IN (SELECT acl_c.acl_id FROM ({}) AS acl_c ORDER BY acl_c.acl_id LIMIT {})").format(
+        key, union, sql.Placeholder()), [p for _, values in arms for p in values] + [count])
 
 
 class _Scope:

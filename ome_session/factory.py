@@ -39,6 +39,9 @@ _LOCK_MODES = frozenset({
 })
 
 _ITER_BATCH = 2000
+# Sets the planner's cursor_tuple_fraction for the transaction and returns what it was.
+_CURSOR_FRACTION = sql.SQL("SELECT current_setting('cursor_tuple_fraction'), "
+                           "set_config('cursor_tuple_fraction', %s, true)")
 
 # The savepoints of nested transaction() blocks, named ome_session_<depth>.
 _SAVEPOINT = sql.SQL("SAVEPOINT {}")
@@ -256,7 +259,12 @@ class Factory:
         cur = conn.cursor(name=f"ome_iter_{self._cursor_seq}")
         try:
             with self._db.errors():
+                # A cursor is planned for its first tenth by default: for a user who sees little of
+                # a large table, a walk of the primary key past everything he may not read. Planned
+                # for all of its rows, it reads the rows he may read and sorts them.
+                row = conn.execute(_CURSOR_FRACTION, ["1"]).fetchone()
                 cur.execute(query, params)
+                conn.execute(_CURSOR_FRACTION, [row[0] if row else "0.1"])
             while True:
                 # Each batch is a round trip: asked for only while the unit of work is still this
                 # one's (not idled, not another thread's), like every other use of the Factory.

@@ -47,4 +47,4 @@ def test_no_read_carries_the_users_groups(people: People, server_log: ServerLog)
     parameters = re.findall(r"parameters: (.*)", logged)
     assert parameters and all(set(re.findall(r"= '([^']*)'", line)) == {str(people.ids["bob"])}
                               for line in parameters), logged  # bob's id, and nothing else
-    assert "{" not in logged and "ANY(" not in logged, logged  # no array of ids anywhere
+    assert "{" not in logged and not re.search(r"ANY\(\$", logged), logged  # no array of ids anywhere

@@ -95,3 +95,26 @@ def test_upgrade_with_a_value_that_locked_logins_out_upgrades_and_logs_in(
     assert session.user_name == "root" and not session.is_su_session()
     with pytest.raises(psycopg.errors.CheckViolation):  # and no new bad value gets in
         query(first_schema, "INSERT INTO configuration VALUES ('session_idle_timeout', '-1') RETURNING 1")
+
+
+def test_upgrade_indexes_owned_rows_by_owner_and_by_group_in_key_order(first_schema: str) -> None:
+    with psycopg.connect(first_schema) as conn:  # a live install, as version 1 held it
+        conn.execute("INSERT INTO groups (id, name) VALUES (1, 'lab'), (2, 'other')")
+        conn.execute("INSERT INTO experimenters (id, ome_name, password_hash, group_id) VALUES"
+                     " (1, 'alice', %s, 1), (2, 'zed', NULL, 2)", (password_hash("secret-password"),))
+        conn.execute("INSERT INTO experimenter_group_map VALUES (1, 1), (2, 2)")
+        for table in ("projects", "datasets", "images"):
+            conn.execute(sql.SQL("INSERT INTO {} (name, owner_id, group_id) SELECT 'row ' || i, 1 + i % 2, 1 + i % 2"
+                                 " FROM generate_series(1, 3000) i").format(sql.Identifier(table)))
+    with psycopg.connect(first_schema) as conn:
+        assert _migrations.migrate(conn) == LATER
+    for table in ("projects", "datasets", "images"):
+        indexes = dict(query(first_schema, "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s", table))
+        for column in ("owner", "group"):
+            assert indexes[f"{table}_{column}_key_idx"].endswith(f"({column}_id, id)")
+            assert f"{table}_{column}_idx" not in indexes  # replaced, not kept beside
+        assert query(first_schema, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))) == [(3000,)]
+    factory = SessionManager(first_schema).create_session("alice", "secret-password").factory
+    for cls in ("Project", "Dataset", "Image"):  # alice's are the even rows
+        assert [o.name for o in factory.find_objects(cls, __limit=3, __offset=10)] == ["row 22", "row 24", "row 26"]
+        assert factory.count_objects(cls) == 1500
