@@ -87,7 +87,7 @@ def compile_select(
     order_by = sql.SQL(", ").join(sql.SQL("{} DESC").format(expr) if desc else expr for expr, desc in order)
     paging = [(keyword, _non_negative(key, criteria[key]))
               for key, keyword in (("__limit", " LIMIT "), ("__offset", " OFFSET ")) if key in criteria]
-    if by_key_alone and "__limit" in criteria:
+    if by_key_alone and "__limit" in criteria and not _names_keys(query.cls, criteria):
         first = _first_readable(query, min(sum(value for _, value in paging), _INT8_MAX))
         if first is not None:
             where = sql.SQL("{} AND {}").format(where, first[0])  # never empty: the ACL is in it
@@ -119,6 +119,13 @@ def compile_count(
         return sql.SQL("SELECT count(*)") + body, params
     # A subquery (not count(DISTINCT x)) so that NULL counts as one value, as DISTINCT ON groups it.
     return sql.SQL("SELECT count(*) FROM (SELECT DISTINCT {}{}) AS d").format(distinct, body), params
+
+
+def _names_keys(cls: type[DBObject], criteria: Mapping[str, Any]) -> bool:
+    """Whether ``criteria`` name rows by key (``id=3``, ``id=[3, 4]``): the key's index finds them."""
+    keys = {"id", *cls.__primary_key__}
+    return any(name in keys and (not isinstance(value, tuple) or _operator(value[0]) in ("=", "in"))
+               for name, value in criteria.items())
 
 
 def _first_readable(query: _Query, count: int) -> _Fragment | None:
