@@ -155,6 +155,10 @@ def _leader_count(ctx: Context, dsn: str, rows: int) -> None:
         ours: Callable[[int], Any] = lambda i: factory.count_objects("Project")  # noqa: E731
         assert ours(0) == hand(0) == rows - 3 * _acl_data.VISIBLE
         measured = interleaved({"hand": hand, "ours": ours}, rounds=ctx.size(5, 3), batch=ctx.size(6, 4), warmup=3)
+        first_page = _batch(lambda f: f.find_objects("Project", __limit=10), factory, ctx.size(500, 100))
+    ctx.results.add(Row(SECTION, f"find limit 10 for the leader ({len(groups):,} groups), {rows:,} rows", "µs",
+                        Summary.of(first_page), baseline=_name("find limit 10", SMALL_ROWS, "early"),
+                        note="the first 10 rows of each of his groups, merged: no target"))
     base = f"hand-written SQL count, the leader's {len(groups):,} groups as constants, {rows:,} rows"
     ctx.results.add(Row(SECTION, base, "ms", Summary.of(measured["hand"]), note=by_hand))
     row = ctx.results.add(Row(SECTION, f"count_objects('Project') for the leader, {rows:,} rows", "ms",
