@@ -326,6 +326,9 @@ def test_every_read_returns_what_the_permission_table_allows(world: World, role:
                f" AND {dataset} AND {project_end})")
     found = [p.id for p in factory.find_objects("Project", **{"dataset_links.dataset.name": ("like", "dataset %")})]
     assert found == oracle(state, role, through)
+    paged = factory.find_objects("Project", **{"dataset_links.dataset.name": ("like", "dataset %")}, __limit=3,
+                                 __offset=2)
+    assert [p.id for p in paged] == found[2:5]
     expected_links = query(world.dsns[state], f"SELECT count(*) FROM project_dataset_map l JOIN projects q"
                            f" ON q.id = l.project_id JOIN datasets d ON d.id = l.dataset_id"
                            f" WHERE {project_end} AND {dataset}")[0][0]
