@@ -58,6 +58,7 @@ def test_install_twice_leaves_identical_data_and_prints_each_step(empty_dsn: str
         "applied schema migration 0003 (session_group_and_timeout)",
         "applied schema migration 0004 (session_message)",
         "applied schema migration 0005 (change_notifications)",
+        "applied schema migration 0006 (owned_rows_in_key_order)",
         "configuration: written",
         "admin: created root (id 1) in group system",
         "super user: root (id 1)",
@@ -73,7 +74,7 @@ def test_install_twice_leaves_identical_data_and_prints_each_step(empty_dsn: str
 
     code, second, errors = install(empty_dsn, "--tmp-dir", str(tmp_path / "tmp"))
     assert code == 0, errors
-    assert "schema: up to date (version 5)" in second
+    assert "schema: up to date (version 6)" in second
     assert "configuration: exists, kept as it is" in second
     assert "admin: root exists, password kept" in second
     assert dump(empty_dsn) == installed
