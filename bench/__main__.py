@@ -23,8 +23,20 @@ from types import FrameType
 
 from ome_session import Session
 
-from . import (_data, acl_scale, imports, instance, omero, prefork, propagation, resume, scale, tempfiles, threads,
-               transactions)
+from . import (
+    _data,
+    acl_scale,
+    imports,
+    instance,
+    omero,
+    prefork,
+    propagation,
+    resume,
+    scale,
+    tempfiles,
+    threads,
+    transactions,
+)
 from ._context import Context
 from ._report import write
 from ._results import Results
